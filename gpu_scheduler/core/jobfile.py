@@ -1,0 +1,465 @@
+"""The jobs.txt grammar: one job per line, ``priority,script[,conda_env[,arguments[,gpus and options]]]``.
+
+Pure: the daemon, ``validate`` and the simulator all parse through here, so a line means the same
+thing everywhere. The first four fields may be double-quoted CSV-style (``""`` is a literal quote);
+everything after the fourth comma is the last field (GPU indices/ranges and ``key=value`` options,
+separated by commas or spaces). Arguments are split with ``shlex`` and never reach a shell.
+Bad lines become located ``LineError``s; they never stop the good lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gpu_scheduler.core.model import JobSpec, LineError
+from gpu_scheduler.core.units import format_share, share_from_gpus
+
+EXPECTED_LINE = "priority,script[,conda_env[,arguments[,gpus and options]]]"
+EXPECTED_PRIORITY = "an integer priority such as 0"
+EXPECTED_ENV = "a conda env name of letters, digits, '_', '.' or '-'"
+EXPECTED_QUOTED = 'a double-quoted field such as "a, b", with "" for a literal quote'
+EXPECTED_ARGS = "shell-style arguments with balanced quotes, such as --msg 'hello world'"
+EXPECTED_LAST = "GPU indices and ranges such as 3, 0-3 or 0-3,5, then options such as timeout=2h"
+EXPECTED_DURATION = "a duration such as 90, 90s, 30m, 2h, 1d, 1h30m or 1.5h"
+EXPECTED_NAME = "1-64 letters, digits, '_', '.' or '-'"
+
+OPTION_KEYS = ("gpus", "timeout", "name", "retries", "after")
+_OPTION_EXPECTED = {
+    "gpus": "a positive GPU share such as gpus=0.25 or gpus=2",
+    "timeout": "a positive " + EXPECTED_DURATION,
+    "name": "a name of " + EXPECTED_NAME,
+    "retries": "a whole number >= 0 such as retries=2",
+    "after": "job names or ids separated by ';' such as after=prep;train",
+}
+_FIELD_NAMES = ("priority", "script", "conda_env", "arguments")
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_NUMBER = re.compile(r"[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12}")
+_ENV = re.compile(r"[A-Za-z0-9_.-]+")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_GPU = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_DURATION = re.compile("".join(f"(?:({_NUMBER.pattern}){unit})?" for unit in "dhms"))
+_MAX_GPU_INDEX = 4095  # guards against `0-999999` expanding into a huge tuple
+_LLM_FLAGS = ("--llm", "--model")
+# printable ASCII without quotes or backslash: shlex.split would just split it on spaces/tabs
+_PLAIN_ARGS = re.compile(r"[ \t!#-&(-\[\]-~]*")
+
+
+class _LineProblem(Exception):
+    """Internal: carries (message, expected) out of the field parsers."""
+
+    def __init__(self, message: str, expected: str) -> None:
+        super().__init__(message)
+        self.message, self.expected = message, expected
+
+
+@dataclass(frozen=True)
+class LineFields:
+    """Everything a line says, normalised; no position, occurrence or id (see ``make_spec``)."""
+
+    priority: int
+    script: str  # as written (relative paths are resolved by the reader)
+    conda_env: str | None = None
+    args: tuple[str, ...] = ()
+    allowed_gpus: tuple[int, ...] | None = None  # sorted, unique
+    share: int | None = None  # gpus=, in milli-GPU
+    timeout_s: float | None = None
+    name: str | None = None
+    retries: int = 0
+    llm: str | None = None
+    after: tuple[str, ...] = ()
+
+
+@dataclass
+class _Options:
+    """The options of one line while it is being read (``given`` catches a repeated key)."""
+
+    share: int | None = None
+    timeout_s: float | None = None
+    name: str | None = None
+    retries: int = 0
+    after: tuple[str, ...] = ()
+    given: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    specs: tuple[JobSpec, ...]
+    errors: tuple[LineError, ...]
+
+
+# --------------------------------------------------------------------------- small parsers
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``90``, ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``, ``1.5h``.
+
+    Each unit at most once, largest first. Raises ValueError saying what was expected.
+    """
+    s = text.strip().lower()
+    if _NUMBER.fullmatch(s):
+        return float(s)
+    m = _DURATION.fullmatch(s)
+    if not s or m is None:
+        raise ValueError(f"{text!r} is not a duration; use {EXPECTED_DURATION}")
+    return sum(
+        float(v) * unit for v, unit in zip(m.groups(), (86400, 3600, 60, 1), strict=True) if v
+    )
+
+
+def _positive_number(value: str) -> float:
+    if not _NUMBER.fullmatch(value) or float(value) <= 0:
+        raise ValueError(value)
+    return float(value)
+
+
+def _gpu_indices(tokens: list[str], gpu_count: int | None) -> tuple[int, ...]:
+    found: set[int] = set()
+    for tok in tokens:
+        m = _GPU.fullmatch(tok)
+        if m is None:
+            raise _LineProblem(
+                f"{tok!r} is neither a GPU index or range nor a key=value option", EXPECTED_LAST
+            )
+        if max(len(g) for g in m.groups("")) > 6:  # before int(): huge digit strings
+            raise _LineProblem(f"GPU index in {tok} is out of range", EXPECTED_LAST)
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise _LineProblem(f"GPU range {tok} is reversed; write {hi}-{lo}", EXPECTED_LAST)
+        if hi > _MAX_GPU_INDEX:
+            raise _LineProblem(f"GPU index {hi} is out of range", EXPECTED_LAST)
+        found.update(range(lo, hi + 1))
+    missing = sorted(i for i in found if gpu_count is not None and i >= gpu_count)
+    if missing:
+        what = f"GPU {missing[0]}" if len(missing) == 1 else "GPUs " + ", ".join(map(str, missing))
+        raise _LineProblem(
+            f"{what} not found; this machine has {_machine_gpus(gpu_count or 0)}", EXPECTED_LAST
+        )
+    return tuple(sorted(found))
+
+
+def _machine_gpus(count: int) -> str:
+    if count <= 0:
+        return "no GPUs"
+    return "GPU 0" if count == 1 else f"GPUs 0-{count - 1}"
+
+
+def _option(key: str, value: str, out: _Options) -> None:
+    if key not in OPTION_KEYS:
+        raise _LineProblem(
+            f"unknown option {key!r}; known options: {', '.join(OPTION_KEYS)}",
+            "key=value with key one of " + ", ".join(OPTION_KEYS),
+        )
+    if key in out.given:
+        raise _LineProblem(f"option {key} is given twice", _OPTION_EXPECTED[key])
+    out.given.add(key)
+    try:
+        if key == "gpus":
+            out.share = share_from_gpus(_positive_number(value), 1)
+        elif key == "timeout":
+            out.timeout_s = parse_duration(value)
+            if not math.isfinite(out.timeout_s) or out.timeout_s <= 0:
+                raise ValueError(value)
+        elif key == "retries":
+            if not re.fullmatch(r"[0-9]{1,6}", value):
+                raise ValueError(value)
+            out.retries = int(value)
+        elif key == "name":
+            if not _NAME.fullmatch(value):
+                raise ValueError(value)
+            out.name = value
+        else:
+            names = value.split(";")
+            if not all(_NAME.fullmatch(n) for n in names):
+                raise ValueError(value)
+            out.after = tuple(dict.fromkeys(names))
+    except ValueError:
+        raise _LineProblem(f"bad value for {key}: {value!r}", _OPTION_EXPECTED[key]) from None
+
+
+def _last_field(text: str, gpu_count: int | None) -> tuple[tuple[int, ...] | None, _Options]:
+    """GPU tokens and ``key=value`` options, in any order, separated by commas or spaces."""
+    gpu_tokens: list[str] = []
+    options = _Options()
+    for tok in re.split(r"[,\s]+", text.strip()):
+        if "=" in tok:
+            key, _, value = tok.partition("=")
+            _option(key, value, options)
+        elif tok:
+            gpu_tokens.append(tok)
+    gpus = _gpu_indices(gpu_tokens, gpu_count) if gpu_tokens else None
+    return gpus, options
+
+
+def _find_llm(args: tuple[str, ...]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg in _LLM_FLAGS and i + 1 < len(args) and args[i + 1]:
+            return args[i + 1]
+        flag, eq, value = arg.partition("=")
+        if eq and flag in _LLM_FLAGS and value:
+            return value
+    return None
+
+
+# --------------------------------------------------------------------------- the line
+
+
+def _quoted(line: str, pos: int, field_no: int) -> tuple[str, int]:
+    """Read a CSV-quoted field starting at the opening quote; return (value, position after it)."""
+    out: list[str] = []
+    i = pos + 1
+    while True:
+        j = line.find('"', i)
+        if j < 0:
+            raise _LineProblem(f"unclosed double quote in field {field_no + 1}", EXPECTED_QUOTED)
+        out.append(line[i:j])
+        if line.startswith('""', j):
+            out.append('"')
+            i = j + 2
+            continue
+        return "".join(out), j + 1
+
+
+def _split_fields(line: str) -> tuple[list[str], str | None, bool]:
+    """The first four fields, the raw last field (None if absent), and whether field 4 was quoted."""
+    if '"' not in line:  # the common case: plain comma splitting gives the same answer, faster
+        parts = line.split(",", 4)
+        return [p.strip() for p in parts[:4]], (parts[4] if len(parts) == 5 else None), False
+    fields: list[str] = []
+    pos, n, args_quoted = 0, len(line), False
+    while len(fields) < 4:
+        while pos < n and line[pos].isspace():
+            pos += 1
+        if pos < n and line[pos] == '"':
+            value, pos = _quoted(line, pos, len(fields))
+            args_quoted = len(fields) == 3
+            while pos < n and line[pos].isspace():
+                pos += 1
+            if pos < n and line[pos] != ",":
+                raise _LineProblem(
+                    f"unexpected text after the closing quote of field {len(fields) + 1} "
+                    f"({_FIELD_NAMES[len(fields)]}): {line[pos:]!r}",
+                    EXPECTED_QUOTED,
+                )
+        else:
+            end = line.find(",", pos)
+            end = n if end < 0 else end
+            value, pos = line[pos:end].strip(), end
+        fields.append(value)
+        if pos >= n:
+            return fields, None, args_quoted
+        pos += 1  # the comma
+    return fields, line[pos:], args_quoted
+
+
+def _unquote_last(raw: str) -> str:
+    """A classic line may quote its GPU list (``"0,1"``); the quotes add nothing, so drop them."""
+    text = raw.strip()
+    if not text.startswith('"'):
+        return text
+    value, end = _quoted(text, 0, 4)
+    if text[end:].strip():
+        raise _LineProblem(
+            f"unexpected text after the closing quote of field 5: {text[end:]!r}", EXPECTED_QUOTED
+        )
+    return value
+
+
+def parse_fields(line: str, gpu_count: int | None = None) -> LineFields | tuple[str, str] | None:
+    """One line → its fields; ``None`` for a blank or comment line; ``(message, expected)`` if bad.
+
+    A pure function of its arguments, so callers may cache it by ``(line, gpu_count)``.
+    """
+    text = line.strip()
+    if not text or text.startswith("#"):
+        return None
+    try:
+        return _parse(text, gpu_count)
+    except _LineProblem as problem:
+        return problem.message, problem.expected
+
+
+def _parse(text: str, gpu_count: int | None) -> LineFields:
+    fields, last, args_quoted = _split_fields(text)
+    fields += [""] * (4 - len(fields))
+    prio_text, script, env, args_text = fields
+    if not prio_text:
+        raise _LineProblem("missing priority", EXPECTED_LINE)
+    if not _INT.fullmatch(prio_text):
+        raise _LineProblem(f"priority {prio_text!r} is not an integer", EXPECTED_PRIORITY)
+    if len(prio_text) > 18:  # also keeps int() away from its digit limit
+        raise _LineProblem(f"priority {prio_text} is too large", EXPECTED_PRIORITY)
+    if not script:
+        raise _LineProblem("missing script", EXPECTED_LINE)
+    if env and not _ENV.fullmatch(env):
+        raise _LineProblem(f"conda env {env!r} is not a valid env name", EXPECTED_ENV)
+    try:
+        if _PLAIN_ARGS.fullmatch(args_text):  # the common case, without shlex's slow tokenizer
+            args = tuple(args_text.split())
+        else:
+            args = tuple(shlex.split(args_text, posix=True))
+    except ValueError as exc:
+        expected = EXPECTED_ARGS
+        if not args_quoted and last is not None:
+            expected += "; a comma ends the arguments field unless the whole field is double-quoted"
+        raise _LineProblem(f"unbalanced quote in the arguments ({exc})", expected) from None
+    gpus, opts = (
+        _last_field(_unquote_last(last), gpu_count) if last is not None else (None, _Options())
+    )
+    return LineFields(
+        priority=int(prio_text),
+        script=script,
+        conda_env=env or None,
+        args=args,
+        allowed_gpus=gpus,
+        share=opts.share,
+        timeout_s=opts.timeout_s,
+        name=opts.name,
+        retries=opts.retries,
+        llm=_find_llm(args),
+        after=opts.after,
+    )
+
+
+# --------------------------------------------------------------------------- ids and specs
+
+
+def fingerprint(fields: LineFields, tenant: str) -> str:
+    """sha256 of the normalised fields and tenant (no occurrence): spacing and option spelling
+    (``timeout=90`` vs ``90s``) do not change it; an edit to any value does. Args keep their order.
+    """
+    options = {"after": sorted(fields.after), "gpus": fields.share, "name": fields.name}
+    options |= {"retries": fields.retries, "timeout": fields.timeout_s}
+    canonical = [fields.priority, fields.script, fields.conda_env, fields.args]
+    canonical += [fields.allowed_gpus, options, tenant]
+    blob = json.dumps(canonical, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+def job_id(fingerprint_hex: str, occurrence: int) -> str:
+    """10 hex chars; ``occurrence`` (1-based) tells apart identical lines in one file."""
+    return hashlib.sha256(f"{fingerprint_hex}#{occurrence}".encode("ascii")).hexdigest()[:10]
+
+
+def make_spec(
+    fields: LineFields,
+    *,
+    source: str,
+    line_no: int,
+    text: str,
+    tenant: str,
+    occurrence: int,
+    fingerprint_hex: str | None = None,
+) -> JobSpec:
+    """The JobSpec for a parsed line; pass ``fingerprint_hex`` if already computed (a cache)."""
+    fp = fingerprint_hex if fingerprint_hex is not None else fingerprint(fields, tenant)
+    f = fields
+    return JobSpec(
+        job_id=job_id(fp, occurrence), source=source, line_no=line_no, text=text.strip(),
+        priority=f.priority, script=f.script, conda_env=f.conda_env, args=f.args,
+        allowed_gpus=f.allowed_gpus, share=f.share, timeout_s=f.timeout_s, name=f.name,
+        retries=f.retries, llm=f.llm, after=f.after, tenant=tenant,
+    )  # fmt: skip
+
+
+def parse_jobs(
+    text: str, source: str, *, tenant: str = "default", gpu_count: int | None = None
+) -> ParseResult:
+    """Every job and every located error in a jobs file's text (lines split on ``\\n`` only)."""
+    specs: list[JobSpec] = []
+    errors: list[LineError] = []
+    seen: dict[str, int] = {}
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if line_no == 1:
+            line = line.removeprefix("\ufeff")
+        parsed = parse_fields(line, gpu_count)
+        if parsed is None:
+            continue
+        if isinstance(parsed, tuple):
+            errors.append(LineError(source, line_no, line.strip(), parsed[0], parsed[1]))
+            continue
+        fp = fingerprint(parsed, tenant)
+        seen[fp] = seen.get(fp, 0) + 1
+        specs.append(
+            make_spec(parsed, source=source, line_no=line_no, text=line, tenant=tenant,
+                      occurrence=seen[fp], fingerprint_hex=fp)
+        )  # fmt: skip
+    return ParseResult(tuple(specs), tuple(errors))
+
+
+# --------------------------------------------------------------------------- the inverse
+
+
+def _csv_field(value: str) -> str:
+    if any(c in value for c in ',"') or value != value.strip():
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def _gpu_ranges(gpus: Sequence[int]) -> str:
+    idx = sorted(set(gpus))
+    parts: list[str] = []
+    start = 0
+    for i in range(1, len(idx) + 1):
+        if i == len(idx) or idx[i] != idx[i - 1] + 1:
+            lo, hi = idx[start], idx[i - 1]
+            parts.append(str(lo) if lo == hi else f"{lo}-{hi}")
+            start = i
+    return ",".join(parts)
+
+
+def _option_text(key: str, value: object) -> str:
+    if key == "gpus" and isinstance(value, (int, float)):
+        return format_share(share_from_gpus(float(value), 1))
+    if key == "after" and not isinstance(value, str) and isinstance(value, Sequence):
+        return ";".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def format_line(
+    priority: int,
+    script: str,
+    conda_env: str | None = None,
+    args: Sequence[str] = (),
+    gpus: Sequence[int] | None = None,
+    options: Mapping[str, object] | None = None,
+) -> str:
+    """A correctly quoted jobs line (for ``gpu-scheduler add``); raises ValueError if the result
+    would not parse back to the same thing (e.g. a newline in an argument, an unknown option).
+    """
+    args = list(args)
+    for text in [script, conda_env or "", *args]:
+        if "\n" in text or "\r" in text:
+            raise ValueError("a jobs line cannot contain a newline")
+    last_parts = [_gpu_ranges(gpus)] if gpus else []
+    last_parts += [f"{k}={_option_text(k, v)}" for k, v in (options or {}).items()]
+    fields = [
+        str(int(priority)),
+        _csv_field(script),
+        _csv_field(conda_env or ""),
+        _csv_field(shlex.join(args) if args else ""),
+    ]
+    fields.append(" ".join(last_parts))
+    while fields[-1] == "":
+        fields.pop()
+    line = ",".join(fields)
+    parsed = parse_fields(line)
+    if not isinstance(parsed, LineFields):
+        problem = "it is empty" if parsed is None else f"{parsed[0]} (expected {parsed[1]})"
+        raise ValueError(f"cannot write this job as a line: {problem}")
+    if (
+        parsed.script != script
+        or parsed.args != tuple(args)
+        or parsed.conda_env != (conda_env or None)
+    ):
+        raise ValueError("cannot write this job as a line: it would not read back the same")
+    return line
