@@ -1,0 +1,413 @@
+"""Jobs, statuses, GPU snapshots and line errors to JSON-safe dicts and back, exactly.
+
+Why a hand-written codec rather than ``dataclasses.asdict``: the state file must survive the
+code changing under it, so its shape is spelled out here, once, and every value read back is
+checked. A decoder never trusts its input: a wrong type, a missing key or an unknown key raises
+``DecodeError`` (a ``ValueError``) naming the field path, e.g. ``jobs[3].status.gpus[0]: 'x' is
+not of type 'integer'`` (jsonschema's wording, so schema and codec complaints read alike).
+
+Shape: tuples become lists, ``None`` stays ``null``, every field is written (defaults too, so a
+file is self-describing); on reading, fields that have a default in the dataclass may be left out
+(hand-written files stay short). A status and an outcome carry a ``"kind"`` tag. Encoding then
+decoding gives back an equal object; floats must be finite (JSON has no NaN), which the caller's
+``json.dumps(..., allow_nan=False)`` enforces.
+
+Pure: no I/O, stdlib only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any, get_args
+
+from gpu_scheduler.core.model import (
+    Cancelled,
+    DependencyFailed,
+    Failed,
+    Finished,
+    GpuProcess,
+    GpuSnapshot,
+    Job,
+    JobSpec,
+    Killed,
+    LaunchFailed,
+    LineError,
+    Outcome,
+    Pending,
+    Running,
+    Status,
+    StopReason,
+    Succeeded,
+    TimedOut,
+)
+
+
+class DecodeError(ValueError):
+    """Bad data at ``path`` (``jobs[3].status.gpus[0]``); ``message`` says what is wrong."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path, self.message = path, message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# ----------------------------------------------------------------------------- encoding
+# Dict literals rather than reflection: encoding runs for every live job on every save.
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    return {
+        "job_id": spec.job_id,
+        "source": spec.source,
+        "line_no": spec.line_no,
+        "text": spec.text,
+        "priority": spec.priority,
+        "script": spec.script,
+        "conda_env": spec.conda_env,
+        "args": list(spec.args),
+        "allowed_gpus": None if spec.allowed_gpus is None else list(spec.allowed_gpus),
+        "share": spec.share,
+        "timeout_s": spec.timeout_s,
+        "name": spec.name,
+        "retries": spec.retries,
+        "llm": spec.llm,
+        "after": list(spec.after),
+        "tenant": spec.tenant,
+    }
+
+
+def outcome_to_dict(outcome: Outcome) -> dict[str, Any]:
+    if isinstance(outcome, Succeeded):
+        return {"kind": outcome.kind}
+    if isinstance(outcome, Failed):
+        return {"kind": outcome.kind, "exit_code": outcome.exit_code}
+    if isinstance(outcome, TimedOut):
+        return {"kind": outcome.kind, "timeout_s": outcome.timeout_s}
+    if isinstance(outcome, LaunchFailed):
+        return {"kind": outcome.kind, "message": outcome.message}
+    if isinstance(outcome, Cancelled):
+        return {"kind": outcome.kind, "by": outcome.by}
+    if isinstance(outcome, Killed):
+        return {"kind": outcome.kind, "reason": outcome.reason}
+    if isinstance(outcome, DependencyFailed):
+        return {"kind": outcome.kind, "dependency": outcome.dependency}
+    raise TypeError(f"not an outcome: {outcome!r}")
+
+
+def status_to_dict(status: Status) -> dict[str, Any]:
+    if isinstance(status, Pending):
+        return {
+            "kind": "pending",
+            "enqueued_at": status.enqueued_at,
+            "not_before": status.not_before,
+            "reason": status.reason,
+        }
+    if isinstance(status, Running):
+        return {
+            "kind": "running",
+            "started_at": status.started_at,
+            "gpus": list(status.gpus),
+            "share_per_gpu": status.share_per_gpu,
+            "session": status.session,
+            "pid": status.pid,
+            "pid_started_at": status.pid_started_at,
+            "stopping": status.stopping,
+            "stop_detail": status.stop_detail,
+            "stop_requested_at": status.stop_requested_at,
+        }
+    if isinstance(status, Finished):
+        return {
+            "kind": "finished",
+            "finished_at": status.finished_at,
+            "outcome": outcome_to_dict(status.outcome),
+            "started_at": status.started_at,
+            "gpus": list(status.gpus),
+        }
+    raise TypeError(f"not a job status: {status!r}")
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    return {
+        "spec": spec_to_dict(job.spec),
+        "share": job.share,
+        "status": status_to_dict(job.status),
+        "seq": job.seq,
+        "submitted_at": job.submitted_at,
+        "attempts": job.attempts,
+        "launch_failures": job.launch_failures,
+        "retries_used": job.retries_used,
+        "requeues": job.requeues,
+        "last_exit_code": job.last_exit_code,
+    }
+
+
+def gpu_snapshot_to_dict(gpu: GpuSnapshot) -> dict[str, Any]:
+    processes = gpu.processes
+    return {
+        "index": gpu.index,
+        "name": gpu.name,
+        "memory_total_mib": gpu.memory_total_mib,
+        "memory_used_mib": gpu.memory_used_mib,
+        "utilization_pct": gpu.utilization_pct,
+        "processes": None
+        if processes is None
+        else [{"pid": p.pid, "used_mib": p.used_mib} for p in processes],
+        "healthy": gpu.healthy,
+        "error": gpu.error,
+        "uuid": gpu.uuid,
+    }
+
+
+def line_error_to_dict(error: LineError) -> dict[str, Any]:
+    return {
+        "source": error.source,
+        "line_no": error.line_no,
+        "text": error.text,
+        "message": error.message,
+        "expected": error.expected,
+    }
+
+
+# ----------------------------------------------------------------------------- value checks
+
+Check = Callable[[Any, str], Any]  # (value, path) -> the checked value, or raise DecodeError
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _int(value: Any, path: str) -> int:
+    if type(value) is not int:  # bool is an int subclass but never a count or an index
+        raise DecodeError(path, f"{_show(value)} is not of type 'integer'")
+    return value
+
+
+def _float(value: Any, path: str) -> float:
+    """A JSON number as a float: ``5`` is accepted for ``5.0`` (hand-written files)."""
+    if type(value) is float:
+        if not math.isfinite(value):
+            raise DecodeError(path, f"{_show(value)} is not a finite number")
+        return value
+    if type(value) is int:
+        return float(value)
+    raise DecodeError(path, f"{_show(value)} is not of type 'number'")
+
+
+def _str(value: Any, path: str) -> str:
+    if type(value) is not str:
+        raise DecodeError(path, f"{_show(value)} is not of type 'string'")
+    return value
+
+
+def _bool(value: Any, path: str) -> bool:
+    if type(value) is not bool:
+        raise DecodeError(path, f"{_show(value)} is not of type 'boolean'")
+    return value
+
+
+def _optional(check: Check) -> Check:
+    def optional(value: Any, path: str) -> Any:
+        return None if value is None else check(value, path)
+
+    return optional
+
+
+def _tuple_of(check: Check) -> Check:
+    def tuple_of(value: Any, path: str) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise DecodeError(path, f"{_show(value)} is not of type 'array'")
+        return tuple(check(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+    return tuple_of
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def one_of(value: Any, path: str) -> str:
+        if type(value) is not str or value not in choices:
+            raise DecodeError(path, f"{_show(value)} is not one of {list(choices)}")
+        return value
+
+    return one_of
+
+
+def _object(value: Any, path: str) -> Mapping[str, Any]:
+    if type(value) is not dict:
+        raise DecodeError(path, f"{_show(value)} is not of type 'object'")
+    return value
+
+
+@functools.cache
+def _required(cls: type) -> frozenset[str]:
+    """Fields without a default: the only keys a hand-written file must give."""
+    return frozenset(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+
+
+def _build(cls: type, data: Any, path: str, checks: Mapping[str, Check], tag: str = "") -> Any:
+    """``cls(**checked fields)``; unknown keys are errors so a typo cannot drop a value."""
+    obj = _object(data, path)
+    for key in obj:
+        if key not in checks and key != tag:
+            raise DecodeError(path, f"unexpected key {key!r}")
+    kwargs: dict[str, Any] = {}
+    for name, check in checks.items():
+        if name in obj:
+            kwargs[name] = check(obj[name], f"{path}.{name}")
+        elif name in _required(cls):
+            raise DecodeError(path, f"{name!r} is a required property")
+    return cls(**kwargs)
+
+
+def _kind(data: Any, path: str, known: Mapping[str, Any]) -> str:
+    obj = _object(data, path)
+    if "kind" not in obj:
+        raise DecodeError(path, "'kind' is a required property")
+    return _one_of(tuple(known))(obj["kind"], f"{path}.kind")  # type: ignore[no-any-return]
+
+
+# ----------------------------------------------------------------------------- decoding
+
+_SPEC: dict[str, Check] = {
+    "job_id": _str,
+    "source": _str,
+    "line_no": _int,
+    "text": _str,
+    "priority": _int,
+    "script": _str,
+    "conda_env": _optional(_str),
+    "args": _tuple_of(_str),
+    "allowed_gpus": _optional(_tuple_of(_int)),
+    "share": _optional(_int),
+    "timeout_s": _optional(_float),
+    "name": _optional(_str),
+    "retries": _int,
+    "llm": _optional(_str),
+    "after": _tuple_of(_str),
+    "tenant": _str,
+}
+
+_OUTCOMES: dict[str, tuple[type, dict[str, Check]]] = {
+    "succeeded": (Succeeded, {}),
+    "failed": (Failed, {"exit_code": _int}),
+    "timed_out": (TimedOut, {"timeout_s": _float}),
+    "launch_failed": (LaunchFailed, {"message": _str}),
+    "cancelled": (Cancelled, {"by": _str}),
+    "killed": (Killed, {"reason": _str}),
+    "dependency_failed": (DependencyFailed, {"dependency": _str}),
+}
+
+_STOP_REASONS: tuple[str, ...] = get_args(StopReason)
+
+
+def _outcome(value: Any, path: str) -> Outcome:
+    cls, checks = _OUTCOMES[_kind(value, path, _OUTCOMES)]
+    return _build(cls, value, path, checks, tag="kind")  # type: ignore[no-any-return]
+
+
+_STATUSES: dict[str, tuple[type, dict[str, Check]]] = {
+    "pending": (Pending, {"enqueued_at": _float, "not_before": _float, "reason": _str}),
+    "running": (
+        Running,
+        {
+            "started_at": _float,
+            "gpus": _tuple_of(_int),
+            "share_per_gpu": _int,
+            "session": _str,
+            "pid": _optional(_int),
+            "pid_started_at": _optional(_float),
+            "stopping": _optional(_one_of(_STOP_REASONS)),
+            "stop_detail": _str,
+            "stop_requested_at": _optional(_float),
+        },
+    ),
+    "finished": (
+        Finished,
+        {
+            "finished_at": _float,
+            "outcome": _outcome,
+            "started_at": _optional(_float),
+            "gpus": _tuple_of(_int),
+        },
+    ),
+}
+
+
+def _status(value: Any, path: str) -> Status:
+    cls, checks = _STATUSES[_kind(value, path, _STATUSES)]
+    return _build(cls, value, path, checks, tag="kind")  # type: ignore[no-any-return]
+
+
+def _spec(value: Any, path: str) -> JobSpec:
+    return _build(JobSpec, value, path, _SPEC)  # type: ignore[no-any-return]
+
+
+_JOB: dict[str, Check] = {
+    "spec": _spec,
+    "share": _int,
+    "status": _status,
+    "seq": _int,
+    "submitted_at": _float,
+    "attempts": _int,
+    "launch_failures": _int,
+    "retries_used": _int,
+    "requeues": _int,
+    "last_exit_code": _optional(_int),
+}
+
+
+def _process(value: Any, path: str) -> GpuProcess:
+    return _build(GpuProcess, value, path, {"pid": _int, "used_mib": _int})  # type: ignore[no-any-return]
+
+
+_GPU: dict[str, Check] = {
+    "index": _int,
+    "name": _str,
+    "memory_total_mib": _int,
+    "memory_used_mib": _int,
+    "utilization_pct": _optional(_float),
+    "processes": _optional(_tuple_of(_process)),
+    "healthy": _bool,
+    "error": _str,
+    "uuid": _str,
+}
+
+_LINE_ERROR: dict[str, Check] = {
+    "source": _str,
+    "line_no": _int,
+    "text": _str,
+    "message": _str,
+    "expected": _str,
+}
+
+
+def spec_from_dict(data: Any, path: str = "spec") -> JobSpec:
+    """Raises DecodeError (a ValueError) naming ``path`` and the bad field."""
+    return _spec(data, path)
+
+
+def outcome_from_dict(data: Any, path: str = "outcome") -> Outcome:
+    return _outcome(data, path)
+
+
+def status_from_dict(data: Any, path: str = "status") -> Status:
+    return _status(data, path)
+
+
+def job_from_dict(data: Any, path: str = "job") -> Job:
+    """Raises DecodeError (a ValueError) naming ``path`` and the bad field."""
+    return _build(Job, data, path, _JOB)  # type: ignore[no-any-return]
+
+
+def gpu_snapshot_from_dict(data: Any, path: str = "gpu") -> GpuSnapshot:
+    return _build(GpuSnapshot, data, path, _GPU)  # type: ignore[no-any-return]
+
+
+def line_error_from_dict(data: Any, path: str = "line_error") -> LineError:
+    return _build(LineError, data, path, _LINE_ERROR)  # type: ignore[no-any-return]
