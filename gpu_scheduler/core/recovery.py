@@ -1,0 +1,58 @@
+"""After a restart: decide what each job the saved state calls running has become.
+
+Screen sessions and runners outlive the daemon, so nothing is assumed: the daemon gathers the
+facts (the runner's exit record, whether its pid is alive with the same start time) and this
+module turns them into the same transitions a live daemon would have made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gpu_scheduler.core.model import Notice
+from gpu_scheduler.core.scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What is known about one running job's process after a restart."""
+
+    exit_code: int | None = None  # the runner recorded an exit
+    launch_error: str | None = None  # the runner recorded that the job could not start
+    pid: int | None = None  # the runner's pid, from the state or its start record
+    pid_started_at: float | None = None
+    alive: bool = False  # that pid is alive AND has that start time
+
+
+def reconcile(scheduler: Scheduler, facts: Mapping[str, RunFacts], now: float) -> list[Notice]:
+    """Finish, adopt or requeue every running job, exactly as if the daemon had been up."""
+    notices: list[Notice] = []
+    for job_id in sorted(scheduler.running_ids):
+        fact = facts.get(job_id, RunFacts())
+        if fact.pid is not None:
+            scheduler.launched(job_id, fact.pid, fact.pid_started_at)
+        if fact.exit_code is not None:
+            notice = scheduler.exited(job_id, fact.exit_code, now)
+            notices.append(
+                Notice(
+                    notice.event,
+                    job_id,
+                    f"{notice.message} (exited while the daemon was down)",
+                    {**notice.data, "recovered": True},
+                )
+            )
+        elif fact.launch_error is not None:
+            notices.append(scheduler.launch_failed(job_id, fact.launch_error, now))
+        elif fact.alive:
+            notices.append(
+                Notice("adopted", job_id, f"still running as pid {fact.pid}", {"pid": fact.pid})
+            )
+        else:
+            reason = (
+                "its process vanished while the daemon was down (machine rebooted or runner killed)"
+                if fact.pid is not None
+                else "it was being launched when the daemon stopped and never started"
+            )
+            notices.append(scheduler.lost(job_id, reason, now))
+    return notices

@@ -1,0 +1,596 @@
+"""The scheduler: all of the daemon's decisions, with none of its side effects.
+
+The daemon (and the what-if simulator) feed it what they observed — the jobs file's specs, a GPU
+snapshot, launch results, exits — each with the current time, and carry out the actions it returns.
+It owns the jobs, the pending queue and the record of assigned shares per GPU; it never reads a
+clock, a file or a process.
+
+One scheduling pass (``schedule``): promote delayed retries that are due, assess each GPU's room,
+then walk the queue in order (effective priority, then arrival). A job that fits is placed at once
+(shares counted before it is launched, so nothing can over-commit). The first job that does not fit
+but could fit this machine gets a reservation: the GPUs closest to fitting it take no new work, so
+a stream of small jobs cannot starve it; later jobs are backfilled onto the other GPUs only.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from gpu_scheduler.core import allocator
+from gpu_scheduler.core.model import (
+    Cancelled,
+    Failed,
+    Finished,
+    GpuSnapshot,
+    Job,
+    JobSpec,
+    Killed,
+    Launch,
+    LaunchFailed,
+    Notice,
+    Outcome,
+    Pending,
+    Running,
+    StateName,
+    Stop,
+    StopReason,
+    Succeeded,
+    TimedOut,
+)
+from gpu_scheduler.core.ordering import JobClass, PendingQueue, effective_priority
+from gpu_scheduler.core.transitions import transition
+from gpu_scheduler.core.units import format_share
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The knobs of the scheduling rules (from the config; the simulator varies them)."""
+
+    aging_interval_s: float = 600.0
+    memory_threshold: float = 0.9
+    load_threshold: float = 0.9
+    max_assignment_attempts: int = 3
+    assignment_retry_wait_s: float = 10.0
+    default_timeout_s: float | None = None
+    stop_grace_s: float = 30.0
+    session_prefix: str = "gpujob"
+    max_concurrent_jobs: int | None = None
+    reservation: bool = True  # hold GPUs for a blocked head-of-queue job
+    best_fit: bool = True  # False: first fit (a simulator baseline)
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """What one pass decided and why the rest waits (status shows it)."""
+
+    launches: tuple[Launch, ...] = ()
+    reserved_for: str | None = None
+    reserved_gpus: tuple[int, ...] = ()
+    waiting: dict[str, str] = field(default_factory=dict)  # first job of each blocked class -> why
+    rooms: dict[int, allocator.GpuRoom] = field(default_factory=dict)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def session_name(prefix: str, gpus: Sequence[int], script: str, job_id: str) -> str:
+    """``gpujob_<first gpu>_<script stem>_<job id>``, in characters screen accepts."""
+    base = script.rsplit("/", 1)[-1]
+    stem = base.rsplit(".", 1)[0] if "." in base.lstrip(".") else base
+    stem = _UNSAFE.sub("-", stem).strip("-.")[:40] or "job"
+    first = gpus[0] if gpus else "none"
+    return f"{prefix}_{first}_{stem}_{job_id}"
+
+
+def _index_ranges(indices: Sequence[int]) -> str:
+    """0-3, or 0, 2-3 when some indices are missing (hidden by CUDA_VISIBLE_DEVICES)."""
+    runs: list[list[int]] = []
+    for g in indices:
+        if runs and g == runs[-1][1] + 1:
+            runs[-1][1] = g
+        else:
+            runs.append([g, g])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
+class UnknownJob(KeyError):
+    """No job with this id (the CLI says 'no such job')."""
+
+
+class Scheduler:
+    def __init__(self, policy: Policy, gpu_indices: Sequence[int]) -> None:
+        self.policy = policy
+        self.gpu_indices: tuple[int, ...] = tuple(gpu_indices)
+        self.jobs: dict[str, Job] = {}
+        self.paused: set[int] = set()
+        self.archived: dict[str, StateName] = {}  # finished jobs moved to history: id -> state
+        self.next_seq = 0
+        self.last_pass = PassReport()
+        self._queue = PendingQueue(policy.aging_interval_s)
+        self._delayed: dict[str, float] = {}  # pending but not before this time
+        self._running: set[str] = set()
+        self._used: dict[int, int] = {g: 0 for g in self.gpu_indices}
+
+    # ------------------------------------------------------------------ reading
+
+    def job(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    def find(self, key: str) -> Job:
+        """A job by id, unique id prefix, or name (the CLI accepts any of them)."""
+        if key in self.jobs:
+            return self.jobs[key]
+        hits = [j for j in self.jobs.values() if j.spec.name == key or j.job_id.startswith(key)]
+        if len(hits) == 1:
+            return hits[0]
+        raise UnknownJob(key)
+
+    @property
+    def running_ids(self) -> frozenset[str]:
+        return frozenset(self._running)
+
+    def used(self) -> dict[int, int]:
+        """Milli-GPU held by our running jobs, per GPU."""
+        return dict(self._used)
+
+    def pending_count(self) -> int:
+        return len(self._queue) + len(self._delayed)
+
+    def queue_order(self, now: float, limit: int | None = None) -> list[str]:
+        """Eligible pending job ids in the order the next pass will try them."""
+        return self._queue.ordered_ids(now, limit)
+
+    def effective_priority(self, job: Job, now: float) -> int:
+        if not isinstance(job.status, Pending):
+            return job.spec.priority
+        return effective_priority(
+            job.spec.priority, job.status.enqueued_at, now, self.policy.aging_interval_s
+        )
+
+    def timeout_for(self, job: Job) -> float | None:
+        return (
+            job.spec.timeout_s if job.spec.timeout_s is not None else self.policy.default_timeout_s
+        )
+
+    def next_deadline(self) -> float | None:
+        """The next time something is due without any event (a retry, a timeout)."""
+        times = list(self._delayed.values())
+        for job_id in self._running:
+            job = self.jobs[job_id]
+            limit = self.timeout_for(job)
+            if limit is not None and isinstance(job.status, Running) and not job.status.stopping:
+                times.append(job.status.started_at + limit)
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ the jobs file
+
+    def sync(self, specs: Iterable[tuple[JobSpec, int]], now: float) -> list[Notice]:
+        """Make the pending set match the jobs file: new lines enqueued, gone lines dequeued.
+
+        A removed line never touches a running job, and a finished job is never re-run because
+        its line is still there (ids tie lines to jobs).
+        """
+        notices: list[Notice] = []
+        seen: set[str] = set()
+        for spec, share in specs:
+            seen.add(spec.job_id)
+            notices.extend(self.add(spec, share, now))
+        for job_id in [j for j, job in self.jobs.items() if j not in seen]:
+            job = self.jobs[job_id]
+            if isinstance(job.status, Pending):
+                notices.append(self.remove(job_id))
+        return notices
+
+    def add(self, spec: JobSpec, share: int, now: float) -> list[Notice]:
+        """Enqueue a line's job, or refresh a known one (its line moved, its share changed)."""
+        known = self.jobs.get(spec.job_id)
+        if known is None:
+            if spec.job_id in self.archived:
+                return []
+            job = Job(
+                spec=spec,
+                share=share,
+                status=Pending(enqueued_at=now),
+                seq=self.next_seq,
+                submitted_at=now,
+            )
+            self.next_seq += 1
+            self.jobs[spec.job_id] = job
+            self._enqueue(job)
+            return [Notice("enqueued", job.job_id, f"{spec.label} share {format_share(share)}")]
+        if isinstance(known.status, Pending) and (known.share != share or known.spec != spec):
+            self._dequeue(known.job_id)
+            job = replace(known, spec=spec, share=share)
+            self.jobs[job.job_id] = job
+            self._enqueue(job)
+            if known.share != share:
+                return [
+                    Notice(
+                        "reshared",
+                        job.job_id,
+                        f"share {format_share(known.share)} -> {format_share(share)}",
+                    )
+                ]
+        elif known.spec != spec:
+            self.jobs[known.job_id] = replace(known, spec=spec)
+        return []
+
+    def remove(self, job_id: str) -> Notice:
+        """Forget a pending job whose line is gone (it never ran in this attempt)."""
+        job = self.job(job_id)
+        if not isinstance(job.status, Pending):
+            raise ValueError(f"job {job_id} is {job.state}; only pending jobs are dequeued")
+        self._dequeue(job_id)
+        del self.jobs[job_id]
+        return Notice("dequeued", job_id, "its line was removed or edited")
+
+    # ------------------------------------------------------------------ a pass
+
+    def schedule(
+        self, gpus: Sequence[GpuSnapshot], now: float, own_pids: Collection[int] = ()
+    ) -> PassReport:
+        """Place what fits now; returns the launches (shares already counted) and the reasons."""
+        self._promote_due(now)
+        rooms = allocator.assess(
+            gpus,
+            self._used,
+            paused=self.paused,
+            own_pids=own_pids,
+            memory_threshold=self.policy.memory_threshold,
+            load_threshold=self.policy.load_threshold,
+        )
+        free = {g: room.free for g, room in rooms.items()}
+        slots = (
+            self.policy.max_concurrent_jobs - len(self._running)
+            if self.policy.max_concurrent_jobs is not None
+            else None
+        )
+        blocked: set[JobClass] = set()
+        reserved: tuple[int, ...] = ()
+        reserved_for: str | None = None
+        waiting: dict[str, str] = {}
+        placed: list[tuple[Job, allocator.Placement]] = []
+        for bucket, pos in self._queue.merged(now, blocked):
+            if slots is not None and len(placed) >= slots:
+                break
+            job = self.jobs[bucket.ids[bucket.seqs[pos]]]
+            allowed = job.spec.allowed_gpus
+            placement = allocator.place(
+                job.share, rooms, free, allowed, reserved, best_fit=self.policy.best_fit
+            )
+            if placement is not None:
+                for g in placement.gpus:
+                    free[g] -= placement.share_per_gpu
+                placed.append((job, placement))
+                continue
+            blocked.add(bucket.cls)
+            never = allocator.never_fits(job.share, self.gpu_indices, allowed)
+            if never:
+                waiting[job.job_id] = never
+                continue
+            if self.policy.reservation and reserved_for is None:
+                hold = allocator.reserve(job.share, rooms, free, allowed)
+                if hold:
+                    reserved, reserved_for = hold, job.job_id
+                    waiting[job.job_id] = (
+                        f"waiting for share {format_share(job.share)}; "
+                        f"GPUs {','.join(map(str, hold))} held for it"
+                    )
+                    continue
+            waiting[job.job_id] = self._why_waiting(job, rooms, free, reserved)
+        launches = tuple(self._start(job, p, now) for job, p in placed)
+        self.last_pass = PassReport(launches, reserved_for, reserved, waiting, rooms)
+        return self.last_pass
+
+    def _why_waiting(
+        self,
+        job: Job,
+        rooms: dict[int, allocator.GpuRoom],
+        free: dict[int, int],
+        reserved: Collection[int],
+    ) -> str:
+        allowed = job.spec.allowed_gpus
+        pool = [g for g in rooms if allowed is None or g in allowed]
+        parts = []
+        for g in pool:
+            room = rooms[g]
+            if not room.usable:
+                parts.append(f"GPU {g} {room.reason}")
+            elif g in reserved:
+                parts.append(f"GPU {g} held for a bigger job")
+            else:
+                parts.append(f"GPU {g} {format_share(free[g])} free")
+        return f"needs share {format_share(job.share)}: " + "; ".join(parts[:8])
+
+    def _start(self, job: Job, placement: allocator.Placement, now: float) -> Launch:
+        self._dequeue(job.job_id)
+        session = session_name(
+            self.policy.session_prefix, placement.gpus, job.spec.script, job.job_id
+        )
+        running = Running(
+            started_at=now,
+            gpus=placement.gpus,
+            share_per_gpu=placement.share_per_gpu,
+            session=session,
+        )
+        job = transition(job, running, attempts=job.attempts + 1)
+        self.jobs[job.job_id] = job
+        self._running.add(job.job_id)
+        for g in placement.gpus:
+            self._used[g] = self._used.get(g, 0) + placement.share_per_gpu
+        return Launch(
+            job.job_id,
+            placement.gpus,
+            placement.share_per_gpu,
+            session,
+            job.attempts,
+            preempted=job.requeues > 0,
+        )
+
+    # ------------------------------------------------------------------ results of actions
+
+    def launched(self, job_id: str, pid: int, pid_started_at: float | None) -> None:
+        """The launcher started the job's runner: remember what to follow and kill."""
+        job = self._running_job(job_id)
+        status = replace(job.status, pid=pid, pid_started_at=pid_started_at)  # type: ignore[type-var]
+        self.jobs[job_id] = transition(job, status)
+
+    def launch_failed(self, job_id: str, message: str, now: float) -> Notice:
+        """The job never started: retry after a wait, up to max_assignment_attempts."""
+        job = self._running_job(job_id)
+        self._release(job)
+        failures = job.launch_failures + 1
+        if self._stopped_outcome(job) is not None:  # e.g. cancelled while it was being launched
+            return self._finish_stopped(job, now, f"launch failed: {message}")
+        if failures < self.policy.max_assignment_attempts:
+            retry_at = now + self.policy.assignment_retry_wait_s
+            status = Pending(
+                enqueued_at=self._enqueued_at(job),
+                not_before=retry_at,
+                reason=f"launch failed: {message}",
+            )
+            self._put(transition(job, status, launch_failures=failures))
+            return Notice(
+                "launch_retry",
+                job_id,
+                message,
+                {"attempt": failures, "retry_in_s": self.policy.assignment_retry_wait_s},
+            )
+        self._put(
+            transition(
+                job,
+                Finished(now, LaunchFailed(message), job.status.started_at, job.status.gpus),
+                launch_failures=failures,
+            )
+        )
+        return Notice("launch_failed", job_id, message, {"attempts": failures})
+
+    def exited(self, job_id: str, exit_code: int, now: float) -> Notice:
+        """The job's process ended with this code; what that means depends on why it ended."""
+        job = self._running_job(job_id)
+        run = job.status
+        self._release(job)
+        done = lambda outcome: Finished(now, outcome, run.started_at, run.gpus)  # noqa: E731
+        stopped = self._stopped_outcome(job)
+        if stopped is not None:
+            new, event = done(stopped[0]), stopped[1]
+        elif exit_code == 0:
+            new, event = done(Succeeded()), "completed"
+        elif job.retries_used < job.spec.retries:
+            reason = f"exit {exit_code}; retry {job.retries_used + 1} of {job.spec.retries}"
+            self._put(
+                transition(
+                    job,
+                    Pending(self._enqueued_at(job), reason=reason),
+                    retries_used=job.retries_used + 1,
+                    last_exit_code=exit_code,
+                )
+            )
+            return Notice("retrying", job_id, reason, {"exit_code": exit_code})
+        else:
+            new, event = done(Failed(exit_code)), "failed"
+        self._put(transition(job, new, last_exit_code=exit_code))
+        return Notice(event, job_id, f"exit {exit_code}", {"exit_code": exit_code})
+
+    def abort_launch(self, job_id: str, reason: str) -> Notice:
+        """Take back a launch that was never attempted (its state could not be saved first)."""
+        job = self._running_job(job_id)
+        if job.status.pid is not None:  # type: ignore[union-attr]
+            raise ValueError(f"job {job_id} has already started")
+        self._release(job)
+        self._put(
+            transition(
+                job, Pending(self._enqueued_at(job), reason=reason), attempts=job.attempts - 1
+            )
+        )
+        return Notice("launch_aborted", job_id, reason)
+
+    def lost(self, job_id: str, reason: str, now: float) -> Notice:
+        """The job's process vanished with no exit record (reboot, runner killed): run it again.
+
+        Unless it was being stopped for good (cancel, timeout, memory): killing the runner's
+        whole process group leaves no exit record, and that job must not run again."""
+        job = self._running_job(job_id)
+        self._release(job)
+        if self._stopped_outcome(job) is not None:
+            return self._finish_stopped(job, now, reason)
+        self._put(
+            transition(
+                job,
+                Pending(self._enqueued_at(job), reason=f"requeued: {reason}"),
+                requeues=job.requeues + 1,
+            )
+        )
+        return Notice("requeued", job_id, reason)
+
+    # ------------------------------------------------------------------ user requests
+
+    def cancel(self, job_id: str, now: float, by: str = "user") -> tuple[list[Stop], Notice]:
+        job = self.job(job_id)
+        if isinstance(job.status, Pending):
+            self._dequeue(job_id)
+            self._put(transition(job, Finished(now, Cancelled(by))))
+            return [], Notice("cancelled", job_id, f"cancelled by {by} while pending")
+        if isinstance(job.status, Running):
+            return [self.request_stop(job_id, "cancel", now, by)], Notice(
+                "cancelling", job_id, f"cancel requested by {by}"
+            )
+        raise ValueError(f"job {job_id} already {job.state}")
+
+    def request_stop(self, job_id: str, reason: StopReason, now: float, detail: str = "") -> Stop:
+        job = self._running_job(job_id)
+        status = replace(
+            job.status,
+            stopping=reason,
+            stop_detail=detail,  # type: ignore[type-var]
+            stop_requested_at=now,
+        )
+        self.jobs[job_id] = transition(job, status)
+        return Stop(job_id, reason, self.policy.stop_grace_s, detail)
+
+    def check_timeouts(self, now: float) -> list[Stop]:
+        stops = []
+        for job_id in sorted(self._running):
+            job = self.jobs[job_id]
+            limit = self.timeout_for(job)
+            run = job.status
+            if (
+                limit is not None
+                and isinstance(run, Running)
+                and not run.stopping
+                and now - run.started_at >= limit
+            ):
+                stops.append(self.request_stop(job_id, "timeout", now, f"timeout {limit:g}s"))
+        return stops
+
+    def retry(self, job_id: str, now: float) -> Notice:
+        """Put a finished job back in the queue as a new arrival, with fresh retry counters."""
+        job = self.job(job_id)
+        if not isinstance(job.status, Finished):
+            raise ValueError(f"job {job_id} is {job.state}; only finished jobs can be retried")
+        job = transition(
+            job,
+            Pending(now, reason="retried by user"),
+            seq=self.next_seq,
+            submitted_at=now,
+            retries_used=0,
+            launch_failures=0,
+        )
+        self.next_seq += 1
+        self._put(job)
+        return Notice("retried", job_id, "queued again by user")
+
+    def pause(self, gpus: Iterable[int]) -> list[int]:
+        return self._set_paused(gpus, True)
+
+    def resume(self, gpus: Iterable[int]) -> list[int]:
+        return self._set_paused(gpus, False)
+
+    def _set_paused(self, gpus: Iterable[int], paused: bool) -> list[int]:
+        chosen = sorted(set(gpus))
+        missing = [g for g in chosen if g not in self.gpu_indices]
+        if missing:
+            have = _index_ranges(sorted(self.gpu_indices)) or "none"
+            raise ValueError(f"GPU {missing[0]} not found; this machine has GPUs {have}")
+        for g in chosen:
+            (self.paused.add if paused else self.paused.discard)(g)
+        return chosen
+
+    # ------------------------------------------------------------------ persistence
+
+    def restore(
+        self,
+        jobs: Iterable[Job],
+        paused: Iterable[int],
+        next_seq: int,
+        archived: dict[str, StateName] | None = None,
+    ) -> None:
+        """Rebuild queue and share records from saved jobs (recovery decides about running ones)."""
+        self.paused = {g for g in paused if g in self.gpu_indices}
+        self.archived = dict(archived or {})
+        for job in jobs:
+            self.next_seq = max(self.next_seq, job.seq + 1)
+            self._put(job)
+            if isinstance(job.status, Running):
+                self._running.add(job.job_id)
+                for g in job.status.gpus:
+                    self._used[g] = self._used.get(g, 0) + job.status.share_per_gpu
+        self.next_seq = max(self.next_seq, next_seq)
+
+    def archive(self, job_id: str) -> Job:
+        """Drop a finished job's details from live state, keeping its id so it never re-runs."""
+        job = self.job(job_id)
+        if not isinstance(job.status, Finished):
+            raise ValueError(f"job {job_id} is {job.state}; only finished jobs are archived")
+        del self.jobs[job_id]
+        self.archived[job_id] = job.state
+        return job
+
+    # ------------------------------------------------------------------ internals
+
+    def _running_job(self, job_id: str) -> Job:
+        job = self.job(job_id)
+        if not isinstance(job.status, Running):
+            raise ValueError(f"job {job_id} is {job.state}, not running")
+        return job
+
+    def _stopped_outcome(self, job: Job) -> tuple[Outcome, str] | None:
+        """The outcome a stop requested for good decides, whatever the exit (None: no such stop)."""
+        run = job.status
+        if not isinstance(run, Running):
+            return None
+        if run.stopping == "cancel":
+            return Cancelled(run.stop_detail or "user"), "cancelled"
+        if run.stopping == "timeout":
+            return TimedOut(self.timeout_for(job) or 0.0), "timed_out"
+        if run.stopping == "memory":
+            return Killed(run.stop_detail), "killed"
+        return None
+
+    def _finish_stopped(self, job: Job, now: float, how: str) -> Notice:
+        """Finish a released job whose stop was requested, by that stop's outcome."""
+        run = job.status
+        assert isinstance(run, Running)
+        stopped = self._stopped_outcome(job)
+        assert stopped is not None
+        self._put(transition(job, Finished(now, stopped[0], run.started_at, run.gpus)))
+        return Notice(stopped[1], job.job_id, how)
+
+    def _enqueued_at(self, job: Job) -> float:
+        return job.submitted_at
+
+    def _release(self, job: Job) -> None:
+        run = job.status
+        if isinstance(run, Running) and job.job_id in self._running:
+            self._running.discard(job.job_id)
+            for g in run.gpus:
+                self._used[g] -= run.share_per_gpu
+
+    def _put(self, job: Job) -> None:
+        """Store a job and file it in the queue or the delayed set according to its status."""
+        self.jobs[job.job_id] = job
+        self._dequeue(job.job_id)
+        if isinstance(job.status, Pending):
+            self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        assert isinstance(job.status, Pending)
+        if job.status.not_before > 0 and job.job_id not in self._queue:
+            self._delayed[job.job_id] = job.status.not_before
+        else:
+            self._queue.add(job)
+
+    def _dequeue(self, job_id: str) -> None:
+        self._queue.remove(job_id)
+        self._delayed.pop(job_id, None)
+
+    def _promote_due(self, now: float) -> None:
+        for job_id, at in list(self._delayed.items()):
+            if at <= now:
+                del self._delayed[job_id]
+                self._queue.add(self.jobs[job_id])
