@@ -1,0 +1,227 @@
+"""Subcommands that read files rather than command the daemon: status, lists, logs, add, validate."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from gpu_scheduler.cli import config_path, print_json
+from gpu_scheduler.config import Settings, load_settings
+from gpu_scheduler.core.model import Job, Running
+from gpu_scheduler.errors import GpuSchedulerError
+from gpu_scheduler.paths import DaemonPaths
+
+
+def _paths(settings: Settings) -> DaemonPaths:
+    return DaemonPaths(settings.files.state_file, settings.files.log_dir)
+
+
+def load_view(settings: Settings):  # type: ignore[no-untyped-def]
+    """The saved state plus whether the daemon answers: what every view is built from."""
+    from gpu_scheduler.adapters.control import is_daemon_listening
+    from gpu_scheduler.adapters.store import StateStore
+
+    saved = StateStore(settings.files.state_file).read_only_snapshot()
+    alive = is_daemon_listening(_paths(settings).control_socket)
+    return saved, alive
+
+
+def _all_jobs(settings: Settings, include_history: bool) -> list[Job]:
+    from gpu_scheduler.adapters.store import StateStore
+
+    store = StateStore(settings.files.state_file)
+    saved = store.read_only_snapshot()
+    jobs = list(saved.jobs) if saved else []
+    if include_history:
+        live = {j.job_id for j in jobs}
+        jobs += [j for j in store.read_history(newest_first=False) if j.job_id not in live]
+    return jobs
+
+
+def _find_job(settings: Settings, key: str) -> Job:
+    jobs = _all_jobs(settings, include_history=True)
+    exact = [j for j in jobs if j.job_id == key]
+    hits = exact or [j for j in jobs if j.spec.name == key or j.job_id.startswith(key)]
+    if len(hits) != 1:
+        raise GpuSchedulerError(f"no such job: {key}" if not hits else
+                                f"{key!r} matches {len(hits)} jobs; give more of the id")
+    return hits[-1]
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gpu_scheduler import status
+
+    settings = load_settings(config_path(args))
+    if args.watch:
+        return status.watch(lambda: load_view(settings), args.interval, args.detailed)
+    saved, alive = load_view(settings)
+    view = status.build_view(saved, alive, time.time())
+    if args.json:
+        print_json(view)
+    else:
+        status.print_status(view, detailed=args.detailed)
+    return 0
+
+
+def cmd_list_jobs(args: argparse.Namespace) -> int:
+    from gpu_scheduler import status
+
+    settings = load_settings(config_path(args))
+    jobs = _all_jobs(settings, include_history=args.all)
+    rows = [status.job_row(j, time.time()) for j in sorted(jobs, key=lambda j: j.seq)]
+    if args.status:
+        rows = [r for r in rows if r["state"] == args.status]
+    if args.json:
+        print_json(rows)
+    else:
+        status.print_job_table(rows)
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    from gpu_scheduler.core.jobfile import format_line, parse_jobs
+    from gpu_scheduler.jobsource import is_pattern, jobs_files
+
+    settings = load_settings(config_path(args))
+    pattern = settings.files.jobs_file
+    if args.jobs_file:
+        target = Path(args.jobs_file)
+    elif is_pattern(pattern) or Path(pattern).is_dir():
+        raise GpuSchedulerError("jobs_file is a folder or glob: say which file with --jobs-file")
+    else:
+        target = jobs_files(pattern)[0]
+    import shlex
+
+    try:
+        argv = shlex.split(args.args)
+    except ValueError as exc:
+        raise GpuSchedulerError(f"--args: {exc}") from None
+    options: dict[str, str] = {}
+    if args.share is not None:
+        options["gpus"] = f"{args.share:g}"
+    for key in ("name", "timeout", "retries"):
+        if getattr(args, key) is not None:
+            options[key] = str(getattr(args, key))
+    script = str(Path(args.script).resolve()) if not os.path.isabs(args.script) else args.script
+    line = format_line(args.priority, script, args.env, argv, args.gpus, options)
+    parsed = parse_jobs(line + "\n", str(target))
+    if parsed.errors:
+        raise GpuSchedulerError(str(parsed.errors[0]))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "a+", encoding="utf-8") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() > 0:
+            fh.seek(fh.tell() - 1)
+            if fh.read(1) != "\n":
+                fh.write("\n")
+        fh.write(line + "\n")
+    text = target.read_text(encoding="utf-8")
+    tenant = "default" if not (is_pattern(pattern) or Path(pattern).is_dir()) else target.stem
+    specs = parse_jobs(text, str(target), tenant=tenant).specs
+    print(specs[-1].job_id if specs else "?")
+    return 0
+
+
+def cmd_screens(args: argparse.Namespace) -> int:
+    from gpu_scheduler.adapters.screen import ScreenSessions
+
+    settings = load_settings(config_path(args))
+    sessions = ScreenSessions(settings.execution.screen_dir).list()
+    prefix = settings.execution.session_prefix + "_"
+    ours = sorted(name for name in sessions if name.startswith(prefix))
+    if not ours:
+        print("no job sessions")
+    for name in ours:
+        print(f"{sessions[name]}.{name}")
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from gpu_scheduler.adapters.screen import ScreenSessions
+
+    settings = load_settings(config_path(args))
+    job = _find_job(settings, args.job)
+    if not isinstance(job.status, Running):
+        raise GpuSchedulerError(f"job {job.job_id} is {job.state}; see `gpu-scheduler logs {job.job_id}`")
+    screens = ScreenSessions(settings.execution.screen_dir)
+    if job.status.session not in screens.list():
+        raise GpuSchedulerError(
+            f"job {job.job_id} has no screen session (direct mode?); "
+            f"follow it with `gpu-scheduler logs {job.job_id} --follow`")
+    env = dict(os.environ)
+    if settings.execution.screen_dir:
+        env["SCREENDIR"] = str(settings.execution.screen_dir)
+    argv = screens.attach_argv(job.status.session)
+    os.execvpe(argv[0], argv, env)
+    return 0  # not reached
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    settings = load_settings(config_path(args))
+    job = _find_job(settings, args.job)
+    path = _paths(settings).log_path(job.job_id)
+    if not path.exists():
+        raise GpuSchedulerError(f"no log yet for job {job.job_id} ({path})")
+    out = sys.stdout.buffer
+    with open(path, "rb") as fh:
+        out.write(fh.read())
+        out.flush()
+        while args.follow:
+            chunk = fh.read()
+            if chunk:
+                out.write(chunk)
+                out.flush()
+                continue
+            if _find_job(settings, job.job_id).state != "running":
+                out.write(fh.read())
+                break
+            time.sleep(0.2)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gpu_scheduler.config import check_config
+    from gpu_scheduler.jobsource import JobSource
+    from gpu_scheduler.llmconfig import check_llm_config
+
+    settings, config_errors = check_config(config_path(args))
+    problems = [str(e) for e in config_errors]
+    jobs = 0
+    if settings is not None:
+        _, llm_errors = check_llm_config(settings.files.llm_config_file)
+        problems += [str(e) for e in llm_errors]
+        count = _gpu_count(settings)
+        source = JobSource(settings.files.jobs_file, settings.files.llm_config_file,
+                           gpu_indices=range(count), precision_unit=settings.gpu.precision_unit,
+                           allowed_script_paths=settings.security.allowed_script_paths)
+        source.reload_llm()
+        result = source.read(include_partial=True)
+        jobs = len(result.jobs)
+        problems += [str(e) for e in result.errors if e not in source.llm_errors]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} error(s)", file=sys.stderr)
+        return 1
+    print(f"ok: config, llm_config and {jobs} job line(s) are valid")
+    return 0
+
+
+def _gpu_count(settings: Settings) -> int:
+    from gpu_scheduler.cli_commands import make_probe_for
+
+    probe, _ = make_probe_for(settings)
+    try:
+        return probe.count()
+    finally:
+        probe.close()
+
+
+def cmd_config_sample(args: argparse.Namespace) -> int:
+    from gpu_scheduler.config import config_sample
+
+    print(config_sample())
+    return 0

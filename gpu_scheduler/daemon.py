@@ -1,0 +1,527 @@
+"""The daemon: the imperative shell around the scheduler, and the only place side effects are sequenced.
+
+One thread owns the scheduler. Everything else — the file watcher, the exit watcher, launch and
+stop workers, the control socket — only posts events to its queue. The loop blocks on that queue
+(no sleep-and-poll): an event or a due deadline (monitor tick, retry, timeout, a held-back half
+line) wakes it; it handles what arrived, runs one scheduling pass, carries out the actions, saves.
+
+Crash safety: a pass's launches are saved (as running, pid unknown) BEFORE any process starts, so
+after a kill -9 the restart finds them and checks their exit records and processes instead of
+starting them again. Exits need no write-ahead: the runner's exit record survives the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from gpu_scheduler import __version__
+from gpu_scheduler.adapters import processes
+from gpu_scheduler.adapters.clock import Clock, SystemClock
+from gpu_scheduler.adapters.control import ControlServer
+from gpu_scheduler.adapters.exitwatch import ExitWatcher
+from gpu_scheduler.adapters.gpus import GpuProbe
+from gpu_scheduler.adapters.jobwatch import FileWatcher
+from gpu_scheduler.adapters.launchers import Launcher, LaunchRequest
+from gpu_scheduler.adapters.store import SavedState, StateStore
+from gpu_scheduler.config import Settings
+from gpu_scheduler.core import codec
+from gpu_scheduler.core.model import Finished, GpuSnapshot, Launch, LineError, Notice, Running, Stop
+from gpu_scheduler.core.recovery import reconcile
+from gpu_scheduler.core.scheduler import Policy, Scheduler
+from gpu_scheduler.core.units import format_share
+from gpu_scheduler.daemon_control import handle_command
+from gpu_scheduler.daemon_records import gather_facts, read_record
+from gpu_scheduler.errors import GpuSchedulerError, StateFileError
+from gpu_scheduler.jobsource import JobSource
+from gpu_scheduler.paths import DaemonPaths
+
+log = logging.getLogger("gpu_scheduler.daemon")
+
+SAVE_INTERVAL_S = 0.2  # coalesce bursts of changes into at most ~5 saves a second
+KEEP_FINISHED = 200  # finished jobs kept in live state for status; older ones go to history
+
+
+def _tree_pids(pid: int) -> set[int]:
+    """A runner and all its descendants: the processes whose GPU memory is ours."""
+    try:
+        root = psutil.Process(pid)
+        return {pid, *(child.pid for child in root.children(recursive=True))}
+    except psutil.Error:
+        return set()
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        aging_interval_s=settings.scheduler.aging.interval_s,
+        memory_threshold=settings.gpu.memory_threshold,
+        load_threshold=settings.gpu.load_threshold,
+        max_assignment_attempts=settings.jobs.max_assignment_attempts,
+        assignment_retry_wait_s=settings.jobs.assignment_retry_wait_s,
+        default_timeout_s=settings.scheduler.job_timeout_s,
+        stop_grace_s=settings.scheduler.graceful_shutdown_timeout_s,
+        session_prefix=settings.execution.session_prefix,
+        max_concurrent_jobs=settings.jobs.max_concurrent_jobs,
+    )
+
+
+@dataclass
+class Event:
+    kind: str  # files | launched | launch_error | exit | stopped | control | shutdown
+    job_id: str = ""
+    attempt: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    reply: Future[dict[str, Any]] | None = None
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        probe: GpuProbe,
+        launcher: Launcher,
+        clock: Clock | None = None,
+        store: StateStore | None = None,
+        mode: str | None = None,
+        watch_files: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.probe = probe
+        self.launcher = launcher
+        self.clock = clock or SystemClock()
+        self.mode = mode or settings.execution.mode
+        self.paths = DaemonPaths(settings.files.state_file, settings.files.log_dir)
+        self.store = store or StateStore(settings.files.state_file)
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.gpus: tuple[GpuSnapshot, ...] = probe.snapshot()
+        self.scheduler = Scheduler(policy_from(settings), [g.index for g in self.gpus])
+        self.source = JobSource(
+            settings.files.jobs_file,
+            settings.files.llm_config_file,
+            gpu_indices=[g.index for g in self.gpus],
+            precision_unit=settings.gpu.precision_unit,
+            allowed_script_paths=settings.security.allowed_script_paths,
+        )
+        self.errors: tuple[LineError, ...] = ()
+        self.started_at = self.clock.now()
+        self.save_error = ""
+        self._watch_files = watch_files
+        self._launches = ThreadPoolExecutor(settings.scheduler.max_workers, "launch")
+        self._stops = ThreadPoolExecutor(4, "stop")
+        self._exit_watcher = ExitWatcher()
+        self._file_watcher: FileWatcher | None = None
+        self._control: ControlServer | None = None
+        self._dirty = True
+        self._last_save = float("-inf")
+        self._next_monitor = 0.0
+        self._partial_since: float | None = None  # a half-written last line is being held back
+        self._last_file_event = 0.0
+        self._in_flight = 0  # launches submitted and not yet reported
+        self._own_pids: frozenset[int] = frozenset()
+        self.stopping = False
+        self.exit_requested = False
+        self._kill_jobs = False
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Recover saved state, read the jobs files, start watchers and the control socket."""
+        for folder in (self.paths.state_dir, self.paths.run_dir, self.paths.log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        now = self.clock.now()
+        loaded = self.store.load()
+        archived = self.store.history_states()
+        if loaded is not None:
+            if loaded.from_backup:
+                log.warning("state file not usable (%s); recovered from the backup", loaded.problem,
+                            extra={"event": "state_from_backup"})
+            state = loaded.state
+            self.scheduler.restore(state.jobs, state.paused, state.next_seq, archived)
+            facts = gather_facts(self.scheduler, self.paths, self.launcher)
+            for notice in reconcile(self.scheduler, facts, now):
+                self._log_notice(notice)
+        else:
+            self.scheduler.restore((), (), 0, archived)
+        self.source.reload_llm()
+        self._read_jobs(include_partial=False)
+        for job_id in self.scheduler.running_ids:
+            self._follow(job_id)
+        if self._watch_files:
+            self._file_watcher = FileWatcher(self.source.watched_paths(), self._on_file_change)
+            self._file_watcher.start()
+        self._control = ControlServer(self.paths.control_socket, self._on_control)
+        self._control.start()
+        log.info("scheduler started: %d GPUs (%s), mode %s, %d jobs pending, %d running",
+                 len(self.gpus), self.probe.name, self.mode, self.scheduler.pending_count(),
+                 len(self.scheduler.running_ids), extra={"event": "daemon_started"})
+        self._save(force=True)
+
+    def run(self) -> None:
+        """Serve until a stop request; callers handle signals by calling ``request_stop``."""
+        self.start()
+        try:
+            while not self.exit_requested:
+                self.step(self._wait_timeout())
+        finally:
+            self.close()
+
+    def step(self, timeout: float | None = 0.0) -> None:
+        """Handle what has arrived (waiting up to ``timeout``), run a pass, save: one tick."""
+        batch: list[Event] = []
+        try:
+            batch.append(self.events.get(timeout=timeout) if timeout else self.events.get_nowait())
+            while True:
+                batch.append(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        for event in batch:
+            self._handle(event)
+        self._on_time()
+        if not self.stopping:
+            self._pass()
+        self._maybe_save()
+        if self.stopping and self._in_flight == 0 and not self._stopping_jobs():
+            self.exit_requested = True
+
+    def request_stop(self, kill_jobs: bool = False) -> None:
+        """Thread-safe: ask for a graceful stop (jobs keep running unless ``kill_jobs``)."""
+        self.events.put(Event("shutdown", data={"kill_jobs": kill_jobs}))
+
+    def close(self) -> None:
+        self._launches.shutdown(wait=True)
+        while not self.events.empty():
+            self.step(0)
+        if self._file_watcher:
+            self._file_watcher.stop()
+        if self._control:
+            self._control.stop()
+        self._stops.shutdown(wait=True)
+        self._exit_watcher.close()
+        self._save(force=True)
+        log.info("scheduler stopped; %d jobs left running", len(self.scheduler.running_ids),
+                 extra={"event": "daemon_stopped"})
+
+    # ------------------------------------------------------------------ events
+
+    def _handle(self, event: Event) -> None:
+        now = self.clock.now()
+        if event.kind == "files":
+            self._last_file_event = self.clock.monotonic()
+            if Path(event.data["path"]) == self.source.llm_config_file:
+                if self.source.reload_llm():
+                    log.info("llm_config reloaded", extra={"event": "llm_config_reloaded"})
+            self._read_jobs(include_partial=False)
+        elif event.kind == "launched":
+            self._on_launched(event, now)
+        elif event.kind == "launch_error":
+            self._in_flight -= 1
+            if self._current(event):
+                self._log_notice(self.scheduler.launch_failed(event.job_id, event.data["message"], now))
+        elif event.kind == "exit":
+            if self._current(event):
+                self._on_exit(event.job_id, event.attempt, now)
+        elif event.kind == "control":
+            assert event.reply is not None
+            try:
+                event.reply.set_result(handle_command(self, event.data, now))
+            except GpuSchedulerError as exc:
+                event.reply.set_result({"ok": False, "error": str(exc)})
+        elif event.kind == "shutdown":
+            self._begin_stop(bool(event.data.get("kill_jobs")), now)
+        self._dirty = True
+
+    def _current(self, event: Event) -> bool:
+        """Events about an attempt that is no longer running are stale and ignored."""
+        job = self.scheduler.jobs.get(event.job_id)
+        return job is not None and isinstance(job.status, Running) and job.attempts == event.attempt
+
+    def _on_launched(self, event: Event, now: float) -> None:
+        self._in_flight -= 1
+        if not self._current(event):
+            return
+        pid, started = event.data["pid"], event.data["pid_started_at"]
+        self.scheduler.launched(event.job_id, pid, started)
+        job = self.scheduler.jobs[event.job_id]
+        run = job.status
+        assert isinstance(run, Running)
+        log.info("launched %s on GPU %s in %s (pid %d)", job.spec.label,
+                 ",".join(map(str, run.gpus)), run.session, pid,
+                 extra={"event": "launched", "job_id": job.job_id, "gpus": list(run.gpus),
+                        "session": run.session, "share": format_share(job.share)})
+        self._follow(event.job_id)
+        if run.stopping:  # cancelled while it was being launched
+            self._carry_out_stop(Stop(job.job_id, run.stopping, self.scheduler.policy.stop_grace_s))
+
+    def _on_exit(self, job_id: str, attempt: int, now: float) -> None:
+        record = read_record(self.paths.record_path(job_id, attempt))
+        job = self.scheduler.jobs[job_id]
+        run = job.status
+        assert isinstance(run, Running)
+        if record.get("state") == "exited":
+            notice = self.scheduler.exited(job_id, int(record["exit_code"]), now)
+        elif record.get("state") == "launch_failed":
+            notice = self.scheduler.launch_failed(job_id, str(record.get("message")), now)
+        elif run.stopping:
+            notice = self.scheduler.exited(job_id, 137, now)
+        else:
+            notice = self.scheduler.lost(job_id, "its runner ended without an exit record", now)
+        self._log_notice(notice)
+
+    def _on_file_change(self, path: Path) -> None:
+        self.events.put(Event("files", data={"path": str(path)}))
+
+    def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Runs on the control thread: hand the request to the loop and wait for its answer."""
+        reply: Future[dict[str, Any]] = Future()
+        self.events.put(Event("control", data=request, reply=reply))
+        return reply.result(timeout=4.0)
+
+    # ------------------------------------------------------------------ reading files
+
+    def _read_jobs(self, *, include_partial: bool) -> None:
+        result = self.source.read(include_partial=include_partial)
+        if result.errors != self.errors:
+            for error in set(result.errors) - set(self.errors):
+                log.warning("%s", error, extra={"event": "line_error", "path": error.source})
+        self.errors = result.errors
+        self._partial_since = self.clock.monotonic() if result.partial else None
+        for notice in self.scheduler.sync(result.jobs, self.clock.now()):
+            self._log_notice(notice)
+
+    # ------------------------------------------------------------------ time
+
+    def _wait_timeout(self) -> float:
+        """How long the loop may block: until the next thing that is due on its own."""
+        mono, now = self.clock.monotonic(), self.clock.now()
+        due = [self._next_monitor - mono]
+        deadline = self.scheduler.next_deadline()
+        if deadline is not None:
+            due.append(deadline - now)
+        if self._partial_since is not None:
+            due.append(self._partial_since + self._quiet_s - mono)
+        if self._dirty:
+            due.append(self._last_save + SAVE_INTERVAL_S - mono)
+        return min(max(0.005, min(due)), self.settings.gpu.monitor_interval_s)
+
+    @property
+    def _quiet_s(self) -> float:
+        return 0.3
+
+    def _on_time(self) -> None:
+        mono, now = self.clock.monotonic(), self.clock.now()
+        if self._partial_since is not None and mono - self._last_file_event >= self._quiet_s \
+                and mono - self._partial_since >= self._quiet_s:
+            self._read_jobs(include_partial=True)
+        if mono >= self._next_monitor:
+            self._next_monitor = mono + self.settings.gpu.monitor_interval_s
+            self._monitor(now)
+        for stop in self.scheduler.check_timeouts(now):
+            log.warning("job %s passed its timeout; stopping it", stop.job_id,
+                        extra={"event": "timeout", "job_id": stop.job_id})
+            self._carry_out_stop(stop)
+
+    def _monitor(self, now: float) -> None:
+        """The slow tick: GPU snapshot, our processes, and a check of every running job."""
+        try:
+            self.gpus = self.probe.snapshot()
+        except Exception as exc:  # a probe must not take the loop down
+            log.error("GPU probe failed: %s", exc, extra={"event": "probe_error"})
+        pids: set[int] = set()
+        for job_id in self.scheduler.running_ids:
+            run = self.scheduler.jobs[job_id].status
+            if not isinstance(run, Running) or run.pid is None:
+                continue
+            if not processes.is_alive(run.pid, run.pid_started_at):
+                self.events.put(Event("exit", job_id, self.scheduler.jobs[job_id].attempts))
+                continue
+            pids.update(_tree_pids(run.pid))
+        self._own_pids = frozenset(pids)
+        self._dirty = True
+
+    # ------------------------------------------------------------------ actions
+
+    def _pass(self) -> None:
+        if self.save_error:
+            return
+        report = self.scheduler.schedule(self.gpus, self.clock.now(), self._own_pids)
+        if not report.launches:
+            return
+        self._dirty = True
+        if not self._save(force=True):
+            for launch in report.launches:
+                self._log_notice(self.scheduler.abort_launch(launch.job_id, "state not saved"))
+            return
+        for launch in report.launches:
+            self._in_flight += 1
+            self._launches.submit(self._launch, launch, self._request(launch))
+
+    def _request(self, launch: Launch) -> LaunchRequest:
+        job = self.scheduler.jobs[launch.job_id]
+        env = {"GPU_SCHEDULER_ATTEMPT": str(launch.attempt)}
+        if launch.preempted:
+            env["GPU_SCHEDULER_PREEMPTED"] = "1"
+        sim_dir = self.settings.gpu.simulated.state_dir
+        if self.probe.name == "simulated" and sim_dir is not None:
+            env["GPU_SCHEDULER_SIMULATED_DIR"] = str(sim_dir)
+        return LaunchRequest(
+            job_id=job.job_id,
+            attempt=launch.attempt,
+            session=launch.session,
+            script=job.spec.script,
+            args=job.spec.args,
+            conda_env=job.spec.conda_env,
+            gpus=launch.gpus,
+            share=format_share(job.share),
+            log_path=self.paths.log_path(job.job_id),
+            record_path=self.paths.record_path(job.job_id, launch.attempt),
+            python=self.settings.execution.python,
+            env=env,
+            append_cuda_arg=self.settings.execution.append_cuda_arg,
+        )
+
+    def _launch(self, launch: Launch, request: LaunchRequest) -> None:
+        """Runs on a launch worker: start the runner and report back to the loop."""
+        try:
+            process = self.launcher.launch(request)
+        except GpuSchedulerError as exc:
+            self.events.put(Event("launch_error", launch.job_id, launch.attempt,
+                                  {"message": str(exc)}))
+            return
+        except Exception as exc:  # a launcher bug must not lose the job
+            log.exception("launcher failed for %s", launch.job_id)
+            self.events.put(Event("launch_error", launch.job_id, launch.attempt,
+                                  {"message": f"internal error: {exc}"}))
+            return
+        self.events.put(Event("launched", launch.job_id, launch.attempt,
+                              {"pid": process.pid, "pid_started_at": process.pid_started_at}))
+
+    def _follow(self, job_id: str) -> None:
+        job = self.scheduler.jobs[job_id]
+        run = job.status
+        if not isinstance(run, Running) or run.pid is None:
+            return
+        attempt = job.attempts
+        self._exit_watcher.watch(
+            f"{job_id}:{attempt}", run.pid,
+            lambda _key: self.events.put(Event("exit", job_id, attempt)),
+            started_at=run.pid_started_at,
+        )
+
+    def _carry_out_stop(self, stop: Stop) -> None:
+        job = self.scheduler.jobs[stop.job_id]
+        run = job.status
+        if not isinstance(run, Running) or run.pid is None:
+            return  # still launching: stopped as soon as its launch is reported
+        log.info("stopping %s (%s)", job.spec.label, stop.reason,
+                 extra={"event": "stopping", "job_id": job.job_id, "reason": stop.reason})
+        self._stops.submit(self.launcher.stop, run.pid, run.pid_started_at, run.session,
+                           stop.grace_s)
+
+    def _begin_stop(self, kill_jobs: bool, now: float) -> None:
+        self.stopping = True
+        self._kill_jobs = kill_jobs
+        log.info("stopping the scheduler%s", " and its jobs" if kill_jobs else
+                 "; running jobs keep running and are adopted at the next start",
+                 extra={"event": "daemon_stopping"})
+        if kill_jobs:
+            for job_id in sorted(self.scheduler.running_ids):
+                stops, notice = self.scheduler.cancel(job_id, now, by="stop --kill-jobs")
+                self._log_notice(notice)
+                for stop in stops:
+                    self._carry_out_stop(stop)
+
+    def _stopping_jobs(self) -> bool:
+        return self._kill_jobs and bool(self.scheduler.running_ids)
+
+    # ------------------------------------------------------------------ state
+
+    def _maybe_save(self) -> None:
+        if self._dirty and self.clock.monotonic() - self._last_save >= SAVE_INTERVAL_S:
+            self._save()
+
+    def _save(self, force: bool = False) -> bool:
+        """Write the state; on failure stop launching and say so loudly until a save works."""
+        try:
+            self._archive_old_finished()
+            self.store.save(self._saved_state())
+        except StateFileError as exc:
+            if not self.save_error:
+                log.error("CANNOT SAVE STATE, no new jobs will be launched: %s", exc,
+                          extra={"event": "state_save_failed"})
+            self.save_error = str(exc)
+            return False
+        if self.save_error:
+            log.warning("state saved again; launching resumes", extra={"event": "state_saved"})
+        self.save_error = ""
+        self._dirty = False
+        self._last_save = self.clock.monotonic()
+        return True
+
+    def _archive_old_finished(self) -> None:
+        finished = [j for j in self.scheduler.jobs.values() if isinstance(j.status, Finished)]
+        if len(finished) <= KEEP_FINISHED:
+            return
+        finished.sort(key=lambda j: j.status.finished_at)  # type: ignore[union-attr]
+        old = finished[: len(finished) - KEEP_FINISHED]
+        self.store.append_history(old)
+        for job in old:
+            self.scheduler.archive(job.job_id)
+
+    def _saved_state(self) -> SavedState:
+        now = self.clock.now()
+        report = self.scheduler.last_pass
+        return SavedState(
+            jobs=tuple(self.scheduler.jobs.values()),
+            paused=tuple(sorted(self.scheduler.paused)),
+            next_seq=self.scheduler.next_seq,
+            saved_at=now,
+            daemon=self.info(now),
+            observed={
+                "gpus": [codec.gpu_snapshot_to_dict(g) for g in self.gpus],
+                "used": {str(g): s for g, s in self.scheduler.used().items()},
+                "errors": [codec.line_error_to_dict(e) for e in self.errors],
+                "waiting": dict(report.waiting),
+                "reserved_for": report.reserved_for,
+                "reserved_gpus": list(report.reserved_gpus),
+                "unusable": {str(g): r.reason for g, r in report.rooms.items() if not r.usable},
+                "queue": self.scheduler.queue_order(now, limit=50),
+                "pending": self.scheduler.pending_count(),
+                "archived": len(self.scheduler.archived),
+                "save_error": self.save_error,
+            },
+        )
+
+    def info(self, now: float) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "version": __version__,
+            "started_at": self.started_at,
+            "heartbeat_at": now,
+            "monitor_interval_s": self.settings.gpu.monitor_interval_s,
+            "mode": self.mode,
+            "provider": self.probe.name,
+            "config": str(self.settings.config_path),
+            "screen_dir": str(self.settings.execution.screen_dir or ""),
+            "stopping": self.stopping,
+        }
+
+    def _log_notice(self, notice: Notice) -> None:
+        level = logging.WARNING if notice.event in {
+            "failed", "launch_failed", "requeued", "launch_retry", "timed_out", "killed"
+        } else logging.INFO
+        log.log(level, "%s %s: %s", notice.event, notice.job_id, notice.message,
+                extra={"event": notice.event, "job_id": notice.job_id or None,
+                       "exit_code": notice.data.get("exit_code")})
+
+    def _log_notice_text(self, event: str, message: str) -> None:
+        log.info("%s", message, extra={"event": event})
