@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Install everything the tests need (virtualenv, Python packages, GNU screen) and run them.
+# Install everything the tests need (virtualenv, Python packages, GNU screen, tmux) and run them.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v screen >/dev/null 2>&1; then
+# System tools the tests drive for real: GNU screen (job sessions) and tmux (status --watch in a terminal).
+missing=()
+command -v screen >/dev/null 2>&1 || missing+=(screen)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing GNU screen with apt-get..."
-    (apt-get install -y -qq screen >/dev/null 2>&1) || { apt-get update -qq && apt-get install -y -qq screen; }
+    echo "Installing ${missing[*]} with apt-get..."
+    (apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1) \
+      || { apt-get update -qq && apt-get install -y -qq "${missing[@]}"; }
   else
-    echo "GNU screen is missing. Install it first:  sudo apt-get install -y screen" >&2
+    echo "Missing: ${missing[*]}. Install them first:  sudo apt-get install -y ${missing[*]}" >&2
     exit 1
   fi
 fi
@@ -18,7 +23,6 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 
