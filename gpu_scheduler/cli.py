@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    # Commands other than `start` report problems themselves; keep library warnings off stderr.
+    logging.getLogger("gpu_scheduler").addHandler(logging.NullHandler())
     from gpu_scheduler import cli_commands
 
     handler = getattr(cli_commands, "cmd_" + args.command.replace("-", "_"))
