@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
 
     sub.add_parser("config-sample", help="print a complete, commented sample config")
+
+    from gpu_scheduler.cli_simulate import add_simulate_parser  # here: it imports this module
+
+    add_simulate_parser(sub, _config_arg)
     return parser
 
 

@@ -248,6 +248,7 @@ def cmd_resume_gpu(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- the rest
 
+from gpu_scheduler.cli_simulate import cmd_simulate  # noqa: E402, F401 (cli.main looks it up)
 from gpu_scheduler.cli_views import (  # noqa: E402
     cmd_add,
     cmd_attach,
