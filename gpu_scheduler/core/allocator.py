@@ -175,5 +175,5 @@ def never_fits(share: int, gpu_indices: Collection[int], allowed: Collection[int
     pool = [g for g in gpu_indices if allowed is None or g in allowed]
     if k <= len(pool):
         return ""
-    where = "allowed GPUs" if allowed is not None else "GPUs on this machine"
-    return f"needs {k} GPUs but there are only {len(pool)} {where}"
+    where = "allowed" if allowed is not None else "on this machine"
+    return f"needs {k} GPUs but only {len(pool)} {'is' if len(pool) == 1 else 'are'} {where}"

@@ -116,6 +116,7 @@ def status_to_dict(status: Status) -> dict[str, Any]:
             "stopping": status.stopping,
             "stop_detail": status.stop_detail,
             "stop_requested_at": status.stop_requested_at,
+            "suspended": status.suspended,
         }
     if isinstance(status, Finished):
         return {
@@ -139,6 +140,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "launch_failures": job.launch_failures,
         "retries_used": job.retries_used,
         "requeues": job.requeues,
+        "preemptions": job.preemptions,
         "last_exit_code": job.last_exit_code,
     }
 
@@ -325,6 +327,7 @@ _STATUSES: dict[str, tuple[type, dict[str, Check]]] = {
             "stopping": _optional(_one_of(_STOP_REASONS)),
             "stop_detail": _str,
             "stop_requested_at": _optional(_float),
+            "suspended": _bool,
         },
     ),
     "finished": (
@@ -358,6 +361,7 @@ _JOB: dict[str, Check] = {
     "launch_failures": _int,
     "retries_used": _int,
     "requeues": _int,
+    "preemptions": _int,
     "last_exit_code": _optional(_int),
 }
 

@@ -149,6 +149,7 @@ class Running:
     stopping: StopReason | None = None  # a stop was requested; the exit is interpreted by it
     stop_detail: str = ""
     stop_requested_at: float | None = None
+    suspended: bool = False  # preempted in suspend mode: frozen (SIGSTOP), its shares lent out
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class Job:
     launch_failures: int = 0  # launches that failed before the job's process started
     retries_used: int = 0  # re-runs after a non-zero exit (retries=N)
     requeues: int = 0  # times put back after losing its process or being preempted
+    preemptions: int = 0  # times pushed back (requeued or suspended) for a more urgent job
     last_exit_code: int | None = None
 
     @property
@@ -264,7 +266,22 @@ class Stop:
     detail: str = ""
 
 
-Action = Launch | Stop
+@dataclass(frozen=True)
+class Suspend:
+    """Freeze this job's process tree (SIGSTOP): preempted in suspend mode."""
+
+    job_id: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Continue a frozen job (SIGCONT): its shares are counted again."""
+
+    job_id: str
+
+
+Action = Launch | Stop | Suspend | Resume
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,9 @@ def effective_priority(
 class Bucket:
     cls: JobClass
     priority: int
-    seqs: list[int] = field(default_factory=list)  # sorted
+    seqs: list[int] = field(default_factory=list)  # sorted; the live entries are seqs[start:]
     ids: dict[int, str] = field(default_factory=dict)  # seq -> job id
+    start: int = 0  # jobs taken from the head are skipped, then dropped in bulk: O(1) each
 
 
 class PendingQueue:
@@ -71,7 +72,7 @@ class PendingQueue:
         if not bucket.seqs or job.seq > bucket.seqs[-1]:
             bucket.seqs.append(job.seq)
         else:
-            insort(bucket.seqs, job.seq)
+            insort(bucket.seqs, job.seq, bucket.start)
         bucket.ids[job.seq] = job.job_id
         self._where[job.job_id] = (key, job.seq, job.status.enqueued_at)
 
@@ -81,10 +82,15 @@ class PendingQueue:
             return False
         key, seq, _ = where
         bucket = self._buckets[key]
-        i = bisect_left(bucket.seqs, seq)
-        del bucket.seqs[i]
+        if bucket.seqs[bucket.start] == seq:  # a placement takes the head: no list shift
+            bucket.start += 1
+            if 2 * bucket.start > len(bucket.seqs):
+                del bucket.seqs[: bucket.start]
+                bucket.start = 0
+        else:
+            del bucket.seqs[bisect_left(bucket.seqs, seq, bucket.start)]
         del bucket.ids[seq]
-        if not bucket.seqs:
+        if bucket.start == len(bucket.seqs):
             del self._buckets[key]
         return True
 
@@ -95,7 +101,7 @@ class PendingQueue:
         return list(self._buckets.values())
 
     def head_key(self, bucket: Bucket, position: int, now: float) -> tuple[int, int]:
-        """Sort key (effective priority, seq) of the bucket's job at ``position``."""
+        """Sort key (effective priority, seq) of the bucket's job at ``position`` in ``seqs``."""
         job_id = bucket.ids[bucket.seqs[position]]
         enqueued = self._where[job_id][2]
         return (
@@ -103,16 +109,22 @@ class PendingQueue:
             bucket.seqs[position],
         )
 
-    def merged(self, now: float, skip: Collection[JobClass] = ()) -> Iterator[tuple[Bucket, int]]:
+    def tenants(self) -> set[str]:
+        """Tenants that have eligible pending jobs."""
+        return {key[0][0] for key in self._buckets}
+
+    def merged(
+        self, now: float, skip: Collection[JobClass] = (), tenant: str | None = None
+    ) -> Iterator[tuple[Bucket, int]]:
         """(bucket, position) pairs in scheduling order; callers may stop early.
 
         ``skip`` is read as the merge goes: a caller that adds a class to it (its job did not
-        fit) is shown no more jobs of that class.
+        fit) is shown no more jobs of that class. ``tenant`` limits the merge to one tenant.
         """
         heap: list[tuple[tuple[int, int], int, int]] = []
-        buckets = self.buckets()
+        buckets = [b for b in self.buckets() if tenant is None or b.cls[0] == tenant]
         for n, bucket in enumerate(buckets):
-            heap.append((self.head_key(bucket, 0, now), n, 0))
+            heap.append((self.head_key(bucket, bucket.start, now), n, bucket.start))
         heapq.heapify(heap)
         while heap:
             _, n, pos = heapq.heappop(heap)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gpu_scheduler.core.model import Notice
+from gpu_scheduler.core.model import Notice, Running, Stop
 from gpu_scheduler.core.scheduler import Scheduler
 
 
@@ -56,3 +56,19 @@ def reconcile(scheduler: Scheduler, facts: Mapping[str, RunFacts], now: float) -
             )
             notices.append(scheduler.lost(job_id, reason, now))
     return notices
+
+
+def resumed_stops(scheduler: Scheduler) -> list[Stop]:
+    """The stops to carry out again for adopted jobs that a stop was requested for.
+
+    A stop (cancel, timeout, memory, preemption) is saved as ``Running.stopping`` the moment it
+    is decided, but carried out by the daemon afterwards: one that died in between left the job
+    running, and nothing else would stop it (timeouts skip a job that is already stopping).
+    Call after ``reconcile``; each stop gets its full grace again.
+    """
+    stops: list[Stop] = []
+    for job_id in sorted(scheduler.running_ids):
+        run = scheduler.jobs[job_id].status
+        if isinstance(run, Running) and run.stopping is not None and run.pid is not None:
+            stops.append(Stop(job_id, run.stopping, scheduler.policy.stop_grace_s, run.stop_detail))
+    return stops

@@ -15,12 +15,14 @@ a stream of small jobs cannot starve it; later jobs are backfilled onto the othe
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from gpu_scheduler.core import allocator
+from gpu_scheduler.core.fairshare import FairShare, TenantRule
 from gpu_scheduler.core.model import (
     Cancelled,
+    DependencyFailed,
     Failed,
     Finished,
     GpuSnapshot,
@@ -32,14 +34,17 @@ from gpu_scheduler.core.model import (
     Notice,
     Outcome,
     Pending,
+    Resume,
     Running,
     StateName,
     Stop,
     StopReason,
     Succeeded,
+    Suspend,
     TimedOut,
 )
-from gpu_scheduler.core.ordering import JobClass, PendingQueue, effective_priority
+from gpu_scheduler.core.ordering import PendingQueue, effective_priority
+from gpu_scheduler.core.preemption import PreemptionRule
 from gpu_scheduler.core.transitions import transition
 from gpu_scheduler.core.units import format_share
 
@@ -59,6 +64,9 @@ class Policy:
     max_concurrent_jobs: int | None = None
     reservation: bool = True  # hold GPUs for a blocked head-of-queue job
     best_fit: bool = True  # False: first fit (a simulator baseline)
+    preemption: PreemptionRule = PreemptionRule()
+    fair_share_half_life_s: float = 3600.0
+    tenants: Mapping[str, TenantRule] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class PassReport:
     """What one pass decided and why the rest waits (status shows it)."""
 
     launches: tuple[Launch, ...] = ()
+    actions: tuple[Stop | Suspend | Resume, ...] = ()  # preemptions and resumptions
     reserved_for: str | None = None
     reserved_gpus: tuple[int, ...] = ()
     waiting: dict[str, str] = field(default_factory=dict)  # first job of each blocked class -> why
@@ -112,6 +121,11 @@ class Scheduler:
         self._delayed: dict[str, float] = {}  # pending but not before this time
         self._running: set[str] = set()
         self._used: dict[int, int] = {g: 0 for g in self.gpu_indices}
+        self.fair = FairShare(policy.fair_share_half_life_s, dict(policy.tenants))
+        self.deps: dict[str, tuple[str, ...]] = {}  # job id -> ids it waits for (after=)
+        self._dependents: dict[str, set[str]] = {}  # job id -> ids waiting for it
+        self.held: set[str] = set()  # pending jobs waiting for their dependencies
+        self.preempt_holds: dict[str, tuple[int, ...]] = {}  # urgent job -> GPUs being freed
 
     # ------------------------------------------------------------------ reading
 
@@ -139,7 +153,20 @@ class Scheduler:
         return dict(self._used)
 
     def pending_count(self) -> int:
-        return len(self._queue) + len(self._delayed)
+        return len(self._queue) + len(self._delayed) + len(self.held)
+
+    @property
+    def queue(self) -> PendingQueue:
+        return self._queue
+
+    def running_by_tenant(self) -> dict[str, int]:
+        """Milli-GPU held by each tenant's running (not suspended) jobs."""
+        out: dict[str, int] = {}
+        for job_id in self._running:
+            job = self.jobs[job_id]
+            if isinstance(job.status, Running) and not job.status.suspended:
+                out[job.spec.tenant] = out.get(job.spec.tenant, 0) + job.share
+        return out
 
     def queue_order(self, now: float, limit: int | None = None) -> list[str]:
         """Eligible pending job ids in the order the next pass will try them."""
@@ -169,7 +196,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the jobs file
 
-    def sync(self, specs: Iterable[tuple[JobSpec, int]], now: float) -> list[Notice]:
+    def sync(
+        self,
+        specs: Iterable[tuple[JobSpec, int]],
+        now: float,
+        deps: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> list[Notice]:
         """Make the pending set match the jobs file: new lines enqueued, gone lines dequeued.
 
         A removed line never touches a running job, and a finished job is never re-run because
@@ -177,21 +209,30 @@ class Scheduler:
         """
         notices: list[Notice] = []
         seen: set[str] = set()
+        deps = deps or {}
         for spec, share in specs:
             seen.add(spec.job_id)
-            notices.extend(self.add(spec, share, now))
+            notices.extend(self.add(spec, share, now, deps.get(spec.job_id, ())))
         for job_id in [j for j, job in self.jobs.items() if j not in seen]:
             job = self.jobs[job_id]
             if isinstance(job.status, Pending):
                 notices.append(self.remove(job_id))
         return notices
 
-    def add(self, spec: JobSpec, share: int, now: float) -> list[Notice]:
-        """Enqueue a line's job, or refresh a known one (its line moved, its share changed)."""
+    def add(
+        self, spec: JobSpec, share: int, now: float, deps: tuple[str, ...] = ()
+    ) -> list[Notice]:
+        """Enqueue a line's job, or refresh a known one (its line moved, its share changed).
+
+        ``deps`` are the job ids it must wait for (resolved from ``after=``)."""
         known = self.jobs.get(spec.job_id)
+        if known is None and spec.job_id in self.archived:
+            return []
+        if self.deps.get(spec.job_id, ()) != deps:
+            self._set_deps(spec.job_id, deps)
+            if known is not None and isinstance(known.status, Pending):
+                self._put(known)  # re-file: it may now wait, or no longer
         if known is None:
-            if spec.job_id in self.archived:
-                return []
             job = Job(
                 spec=spec,
                 share=share,
@@ -227,6 +268,7 @@ class Scheduler:
             raise ValueError(f"job {job_id} is {job.state}; only pending jobs are dequeued")
         self._dequeue(job_id)
         del self.jobs[job_id]
+        self._set_deps(job_id, ())
         return Notice("dequeued", job_id, "its line was removed or edited")
 
     # ------------------------------------------------------------------ a pass
@@ -235,59 +277,12 @@ class Scheduler:
         self, gpus: Sequence[GpuSnapshot], now: float, own_pids: Collection[int] = ()
     ) -> PassReport:
         """Place what fits now; returns the launches (shares already counted) and the reasons."""
-        self._promote_due(now)
-        rooms = allocator.assess(
-            gpus,
-            self._used,
-            paused=self.paused,
-            own_pids=own_pids,
-            memory_threshold=self.policy.memory_threshold,
-            load_threshold=self.policy.load_threshold,
-        )
-        free = {g: room.free for g, room in rooms.items()}
-        slots = (
-            self.policy.max_concurrent_jobs - len(self._running)
-            if self.policy.max_concurrent_jobs is not None
-            else None
-        )
-        blocked: set[JobClass] = set()
-        reserved: tuple[int, ...] = ()
-        reserved_for: str | None = None
-        waiting: dict[str, str] = {}
-        placed: list[tuple[Job, allocator.Placement]] = []
-        for bucket, pos in self._queue.merged(now, blocked):
-            if slots is not None and len(placed) >= slots:
-                break
-            job = self.jobs[bucket.ids[bucket.seqs[pos]]]
-            allowed = job.spec.allowed_gpus
-            placement = allocator.place(
-                job.share, rooms, free, allowed, reserved, best_fit=self.policy.best_fit
-            )
-            if placement is not None:
-                for g in placement.gpus:
-                    free[g] -= placement.share_per_gpu
-                placed.append((job, placement))
-                continue
-            blocked.add(bucket.cls)
-            never = allocator.never_fits(job.share, self.gpu_indices, allowed)
-            if never:
-                waiting[job.job_id] = never
-                continue
-            if self.policy.reservation and reserved_for is None:
-                hold = allocator.reserve(job.share, rooms, free, allowed)
-                if hold:
-                    reserved, reserved_for = hold, job.job_id
-                    waiting[job.job_id] = (
-                        f"waiting for share {format_share(job.share)}; "
-                        f"GPUs {','.join(map(str, hold))} held for it"
-                    )
-                    continue
-            waiting[job.job_id] = self._why_waiting(job, rooms, free, reserved)
-        launches = tuple(self._start(job, p, now) for job, p in placed)
-        self.last_pass = PassReport(launches, reserved_for, reserved, waiting, rooms)
+        from gpu_scheduler.core.planner import plan_pass
+
+        self.last_pass = plan_pass(self, gpus, now, own_pids)
         return self.last_pass
 
-    def _why_waiting(
+    def why_waiting(
         self,
         job: Job,
         rooms: dict[int, allocator.GpuRoom],
@@ -307,7 +302,8 @@ class Scheduler:
                 parts.append(f"GPU {g} {format_share(free[g])} free")
         return f"needs share {format_share(job.share)}: " + "; ".join(parts[:8])
 
-    def _start(self, job: Job, placement: allocator.Placement, now: float) -> Launch:
+    def start_job(self, job: Job, placement: allocator.Placement, now: float) -> Launch:
+        """Count the placement's shares and mark the job running (launch not yet reported)."""
         self._dequeue(job.job_id)
         session = session_name(
             self.policy.session_prefix, placement.gpus, job.spec.script, job.job_id
@@ -329,7 +325,7 @@ class Scheduler:
             placement.share_per_gpu,
             session,
             job.attempts,
-            preempted=job.requeues > 0,
+            preempted=job.preemptions > 0,
         )
 
     # ------------------------------------------------------------------ results of actions
@@ -376,6 +372,8 @@ class Scheduler:
         run = job.status
         self._release(job)
         done = lambda outcome: Finished(now, outcome, run.started_at, run.gpus)  # noqa: E731
+        if run.stopping == "preempt":
+            return self._requeue_preempted(job, f"exit {exit_code}")
         stopped = self._stopped_outcome(job)
         if stopped is not None:
             new, event = done(stopped[0]), stopped[1]
@@ -417,6 +415,8 @@ class Scheduler:
         whole process group leaves no exit record, and that job must not run again."""
         job = self._running_job(job_id)
         self._release(job)
+        if job.status.stopping == "preempt":  # type: ignore[union-attr]
+            return self._requeue_preempted(job, reason)
         if self._stopped_outcome(job) is not None:
             return self._finish_stopped(job, now, reason)
         self._put(
@@ -568,8 +568,9 @@ class Scheduler:
         run = job.status
         if isinstance(run, Running) and job.job_id in self._running:
             self._running.discard(job.job_id)
-            for g in run.gpus:
-                self._used[g] -= run.share_per_gpu
+            if not run.suspended:  # a frozen job's shares were already lent out
+                for g in run.gpus:
+                    self._used[g] -= run.share_per_gpu
 
     def _put(self, job: Job) -> None:
         """Store a job and file it in the queue or the delayed set according to its status."""
@@ -577,9 +578,18 @@ class Scheduler:
         self._dequeue(job.job_id)
         if isinstance(job.status, Pending):
             self._enqueue(job)
+        elif isinstance(job.status, Finished):
+            self._wake_dependents(job.job_id)
 
     def _enqueue(self, job: Job) -> None:
         assert isinstance(job.status, Pending)
+        waiting, failed = self.dependency_state(job.job_id)
+        if failed:
+            self._put(transition(job, Finished(self._failed_at(job), DependencyFailed(failed))))
+            return
+        if waiting:
+            self.held.add(job.job_id)
+            return
         if job.status.not_before > 0 and job.job_id not in self._queue:
             self._delayed[job.job_id] = job.status.not_before
         else:
@@ -588,9 +598,99 @@ class Scheduler:
     def _dequeue(self, job_id: str) -> None:
         self._queue.remove(job_id)
         self._delayed.pop(job_id, None)
+        self.held.discard(job_id)
 
     def _promote_due(self, now: float) -> None:
         for job_id, at in list(self._delayed.items()):
             if at <= now:
                 del self._delayed[job_id]
                 self._queue.add(self.jobs[job_id])
+
+    # ------------------------------------------------------------------ dependencies
+
+    def _set_deps(self, job_id: str, deps: tuple[str, ...]) -> None:
+        for dep in self.deps.pop(job_id, ()):
+            self._dependents.get(dep, set()).discard(job_id)
+        if deps:
+            self.deps[job_id] = deps
+            for dep in deps:
+                self._dependents.setdefault(dep, set()).add(job_id)
+
+    def _dep_label(self, job_id: str) -> str:
+        job = self.jobs.get(job_id)
+        return (job.spec.name or job_id) if job else job_id
+
+    def dependency_state(self, job_id: str) -> tuple[str, str]:
+        """(a dependency still to complete, a dependency that failed), each "" if none."""
+        waiting = ""
+        for dep in self.deps.get(job_id, ()):
+            state = self.jobs[dep].state if dep in self.jobs else self.archived.get(dep)
+            if state in ("failed", "cancelled"):
+                return "", self._dep_label(dep)
+            if state != "completed" and not waiting:
+                waiting = self._dep_label(dep)
+        return waiting, ""
+
+    def _failed_at(self, job: Job) -> float:
+        """When a dependency of ``job`` ended badly (its own finish time)."""
+        times = [
+            d.status.finished_at
+            for d in (self.jobs.get(dep) for dep in self.deps.get(job.job_id, ()))
+            if d is not None and isinstance(d.status, Finished)
+        ]
+        assert isinstance(job.status, Pending)
+        return max(times, default=job.status.enqueued_at)
+
+    def _wake_dependents(self, job_id: str) -> None:
+        for dependent in sorted(self._dependents.get(job_id, ())):
+            if dependent in self.held:
+                self.held.discard(dependent)
+                self._enqueue(self.jobs[dependent])
+
+    # ------------------------------------------------------------------ preemption
+
+    def _requeue_preempted(self, job: Job, how: str) -> Notice:
+        run = job.status
+        assert isinstance(run, Running)
+        reason = run.stop_detail or "preempted"
+        self._put(
+            transition(
+                job,
+                Pending(self._enqueued_at(job), reason=reason),
+                preemptions=job.preemptions + 1,
+                requeues=job.requeues + 1,
+            )
+        )
+        return Notice("preempted", job.job_id, f"{reason} ({how}); back in the queue")
+
+    def suspend_job(self, job_id: str, now: float, detail: str) -> Suspend:
+        """Freeze a job for a more urgent one: its shares are lent out until it resumes."""
+        job = self._running_job(job_id)
+        run = job.status
+        assert isinstance(run, Running) and not run.suspended
+        for g in run.gpus:
+            self._used[g] -= run.share_per_gpu
+        status = replace(run, suspended=True, stop_detail=detail, stop_requested_at=now)
+        self.jobs[job_id] = transition(job, status, preemptions=job.preemptions + 1)
+        return Suspend(job_id, detail)
+
+    def resume_job(self, job_id: str) -> Resume:
+        job = self._running_job(job_id)
+        run = job.status
+        assert isinstance(run, Running) and run.suspended
+        for g in run.gpus:
+            self._used[g] += run.share_per_gpu
+        status = replace(run, suspended=False, stop_detail="", stop_requested_at=None)
+        self.jobs[job_id] = transition(job, status)
+        return Resume(job_id)
+
+    def suspended_jobs(self) -> list[Job]:
+        """Frozen jobs, most urgent first: they get their shares back before new work starts."""
+        frozen = [
+            self.jobs[j] for j in self._running
+            if isinstance(self.jobs[j].status, Running) and self.jobs[j].status.suspended  # type: ignore[union-attr]
+        ]
+        return sorted(frozen, key=lambda j: (j.spec.priority, j.seq))
+
+    def promote_due(self, now: float) -> None:
+        self._promote_due(now)
