@@ -204,8 +204,9 @@ class Scheduler:
     ) -> list[Notice]:
         """Make the pending set match the jobs file: new lines enqueued, gone lines dequeued.
 
-        A removed line never touches a running job, and a finished job is never re-run because
-        its line is still there (ids tie lines to jobs).
+        A removed line never touches a job that has started (running, or pending again after a
+        requeue or a user's retry), and a finished job is never re-run because its line is still
+        there (ids tie lines to jobs).
         """
         notices: list[Notice] = []
         seen: set[str] = set()
@@ -215,7 +216,9 @@ class Scheduler:
             notices.extend(self.add(spec, share, now, deps.get(spec.job_id, ())))
         for job_id in [j for j, job in self.jobs.items() if j not in seen]:
             job = self.jobs[job_id]
-            if isinstance(job.status, Pending):
+            # Only a job that never ran is the line's alone: one that ran before and is
+            # pending again (requeued, preempted, retried by the user) is not dropped silently.
+            if isinstance(job.status, Pending) and job.attempts == job.launch_failures:
                 notices.append(self.remove(job_id))
         return notices
 

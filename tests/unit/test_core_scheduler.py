@@ -985,10 +985,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         for job_id in gone:
             del self.lines[job_id]
         before = {j: job.state for j, job in self.s.jobs.items()}
+        never_ran = {j for j, job in self.s.jobs.items() if job.attempts == job.launch_failures}
         self.s.sync(list(self.lines.values()), self.now)
         for job_id, state in before.items():
-            if job_id not in self.lines and state == "pending":
-                assert job_id not in self.s.jobs
+            if job_id not in self.lines and state == "pending" and job_id in never_ran:
+                assert job_id not in self.s.jobs  # only a job that never ran is dropped
             else:
                 assert self.s.job(job_id).state == state
             if state == "pending" and job_id in self.lines:

@@ -182,3 +182,16 @@ def test_suspend_falls_back_to_requeue_when_gpu_memory_would_not_fit_both() -> N
     s.add(spec("urgent", 0), 1000, 1.0)
     report = s.schedule(gpus(2, used_mib=70_000), 1.0)  # the frozen job's memory stays put
     assert [type(a).__name__ for a in report.actions] == ["Stop"]
+
+
+def test_a_retried_job_whose_line_is_gone_is_not_dropped_by_the_next_sync() -> None:
+    # regression: sync dropped every pending job without a line, including a user's retry
+    s = Scheduler(Policy(), range(1))
+    s.sync([(spec("a"), 1000)], 0.0)
+    s.schedule(gpus(1), 0.0)
+    s.exited("a", 3, 1.0)
+    s.sync([], 2.0)  # the user removed the line
+    s.retry("a", 3.0)
+    s.sync([(spec("other"), 1000)], 4.0)  # any later edit of the file
+    assert s.job("a").state == "pending"
+    assert [lc.job_id for lc in s.schedule(gpus(1), 4.0).launches] == ["a"]
