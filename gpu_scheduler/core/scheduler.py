@@ -690,7 +690,8 @@ class Scheduler:
     def suspended_jobs(self) -> list[Job]:
         """Frozen jobs, most urgent first: they get their shares back before new work starts."""
         frozen = [
-            self.jobs[j] for j in self._running
+            self.jobs[j]
+            for j in self._running
             if isinstance(self.jobs[j].status, Running) and self.jobs[j].status.suspended  # type: ignore[union-attr]
         ]
         return sorted(frozen, key=lambda j: (j.spec.priority, j.seq))

@@ -208,9 +208,7 @@ def test_reserve_ignores_gpus_that_could_never_hold_the_slice() -> None:
 
 
 def test_never_fits_explains_a_job_bigger_than_the_machine() -> None:
-    assert (
-        never_fits(5000, range(4), None) == "needs 5 GPUs but only 4 are on this machine"
-    )
+    assert never_fits(5000, range(4), None) == "needs 5 GPUs but only 4 are on this machine"
     assert never_fits(4000, range(4), None) == ""
 
 

@@ -9,10 +9,25 @@ from gpu_scheduler.core.preemption import PreemptionRule
 from gpu_scheduler.core.scheduler import Policy, Scheduler
 
 
-def spec(job_id: str, priority: int = 0, *, name: str | None = None, after: tuple[str, ...] = (),
-         tenant: str = "default") -> JobSpec:
-    return JobSpec(job_id, f"{tenant}.txt", 1, job_id, priority, "/x/train.py", name=name,
-                   after=after, tenant=tenant)
+def spec(
+    job_id: str,
+    priority: int = 0,
+    *,
+    name: str | None = None,
+    after: tuple[str, ...] = (),
+    tenant: str = "default",
+) -> JobSpec:
+    return JobSpec(
+        job_id,
+        f"{tenant}.txt",
+        1,
+        job_id,
+        priority,
+        "/x/train.py",
+        name=name,
+        after=after,
+        tenant=tenant,
+    )
 
 
 def gpus(n: int, used_mib: int = 0) -> list[GpuSnapshot]:
@@ -24,8 +39,11 @@ def gpus(n: int, used_mib: int = 0) -> list[GpuSnapshot]:
 
 def test_a_pipeline_runs_in_order() -> None:
     s = Scheduler(Policy(), range(2))
-    specs = [spec("a", name="prep"), spec("b", name="train", after=("prep",)),
-             spec("c", name="eval", after=("train",))]
+    specs = [
+        spec("a", name="prep"),
+        spec("b", name="train", after=("prep",)),
+        spec("c", name="eval", after=("train",)),
+    ]
     resolved = resolve_dependencies(specs)
     assert not resolved.errors
     s.sync([(sp, 500) for sp in resolved.specs], 0.0, resolved.deps)
@@ -39,8 +57,11 @@ def test_a_pipeline_runs_in_order() -> None:
 
 def test_a_failing_step_fails_its_dependants_with_the_reason() -> None:
     s = Scheduler(Policy(), range(2))
-    specs = [spec("a", name="prep"), spec("b", name="train", after=("prep",)),
-             spec("c", name="eval", after=("train",))]
+    specs = [
+        spec("a", name="prep"),
+        spec("b", name="train", after=("prep",)),
+        spec("c", name="eval", after=("train",)),
+    ]
     resolved = resolve_dependencies(specs)
     s.sync([(sp, 500) for sp in resolved.specs], 0.0, resolved.deps)
     s.schedule(gpus(2), 0.0)
@@ -53,8 +74,13 @@ def test_a_failing_step_fails_its_dependants_with_the_reason() -> None:
 
 
 def test_unknown_names_cycles_and_their_dependants_are_line_errors() -> None:
-    specs = [spec("a", name="x", after=("y",)), spec("b", name="y", after=("x",)),
-             spec("c", after=("nope",)), spec("d", after=("c",)), spec("e", name="ok")]
+    specs = [
+        spec("a", name="x", after=("y",)),
+        spec("b", name="y", after=("x",)),
+        spec("c", after=("nope",)),
+        spec("d", after=("c",)),
+        spec("e", name="ok"),
+    ]
     resolved = resolve_dependencies(specs)
     messages = {e.text: e.message for e in resolved.errors}
     assert messages["a"] == "dependency cycle: x -> y -> x"
