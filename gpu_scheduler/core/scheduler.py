@@ -521,8 +521,9 @@ class Scheduler:
             self._put(job)
             if isinstance(job.status, Running):
                 self._running.add(job.job_id)
-                for g in job.status.gpus:
-                    self._used[g] = self._used.get(g, 0) + job.status.share_per_gpu
+                if not job.status.suspended:  # a frozen job's shares are lent out
+                    for g in job.status.gpus:
+                        self._used[g] = self._used.get(g, 0) + job.status.share_per_gpu
         self.next_seq = max(self.next_seq, next_seq)
 
     def archive(self, job_id: str) -> Job:
