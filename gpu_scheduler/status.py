@@ -1,224 +1,397 @@
-"""What `status` shows, as a pure function of the saved state: a JSON view, then rich renderables.
+"""What `status` shows, as a pure function of the saved state: the status view.
 
-``build_view`` makes the documented, stable JSON object (``daemon``, ``gpus``, ``queue``, ``jobs``,
-``errors``); every rendering is made from that view only, so the table and ``--json`` never disagree.
+``build_view(saved, daemon_alive, now)`` turns the daemon's state file into the documented,
+stable JSON object of ``status --json`` (``daemon``, ``counts``, ``gpus``, ``queue``, ``jobs``,
+``errors``; every field is described in docs/status_json.md). The rich screen
+(``status_render``), ``list-jobs``, ``metrics`` and ``health`` are all made from the same view or
+the same rows, so the table and the JSON never disagree.
+
+Pure: no I/O, no clock (``now`` is passed in), and defensive about the free-form ``daemon`` and
+``observed`` sections (an older or newer daemon may have written other keys).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
-from rich import box
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-
-from gpu_scheduler import __version__
-from gpu_scheduler.core.model import Finished, Job, Pending, Running, describe_outcome
+from gpu_scheduler.core.model import (
+    Failed,
+    Finished,
+    Job,
+    Pending,
+    Running,
+    Succeeded,
+    describe_outcome,
+)
 from gpu_scheduler.core.units import ONE_GPU, format_share
+from gpu_scheduler.metrics import FINISHED_STATES, compute_metrics, count_states
 
-STALE_AFTER_S = 30.0
+SCHEMA_VERSION = 1  # bumped only on an incompatible change to the JSON shape
+STALE_AFTER_S = 30.0  # a state older than max(this, 3 monitor intervals) is stale
+QUEUE_NEXT = 50  # pending jobs listed in queue.next
 
 
-def _age(seconds: float | None) -> str:
+# ----------------------------------------------------------------------------- small helpers
+
+
+def share_gpus(milli: int) -> float:
+    """A milli-GPU share as a JSON number of GPUs (500 -> 0.5), exact to three decimals."""
+    return float(format_share(milli))
+
+
+def format_duration(seconds: float | None) -> str:
+    """45s, 12m03s, 3h07m, 2d04h; '-' when unknown. Negative durations (clock skew) are 0s."""
     if seconds is None:
         return "-"
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def job_row(job: Job, now: float) -> dict[str, Any]:
-    """One job as the stable JSON row used by status --json and list-jobs --json."""
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _exit_code(job: Job) -> int | None:
     st = job.status
+    if isinstance(st, Finished):
+        if isinstance(st.outcome, Succeeded):
+            return 0
+        if isinstance(st.outcome, Failed):
+            return st.outcome.exit_code
+    return job.last_exit_code
+
+
+# ----------------------------------------------------------------------------- jobs
+
+
+def _running_reason(st: Running) -> str:
+    detail = f": {st.stop_detail}" if st.stop_detail else ""
+    if st.stopping:
+        return f"stopping ({st.stopping}{detail})"
+    if st.suspended:
+        return f"suspended{detail}"
+    return ""
+
+
+def job_row(job: Job, now: float, default_timeout_s: float | None = None) -> dict[str, Any]:
+    """One job as the stable JSON object of ``status --json`` ``jobs`` and ``list-jobs --json``.
+
+    Every row has every key (null when it does not apply), so scripts never need ``.get``.
+    Times are POSIX seconds, durations seconds, shares GPUs (0.5 = half a GPU).
+    """
+    spec, st = job.spec, job.status
+    timeout = spec.timeout_s if spec.timeout_s is not None else default_timeout_s
     row: dict[str, Any] = {
         "id": job.job_id,
-        "name": job.spec.name,
-        "label": job.spec.label,
+        "name": spec.name,
+        "label": spec.label,
         "state": job.state,
-        "priority": job.spec.priority,
-        "share": format_share(job.share),
-        "script": job.spec.script,
-        "args": list(job.spec.args),
-        "tenant": job.spec.tenant,
-        "source": f"{job.spec.source}:{job.spec.line_no}",
+        "outcome": None,
+        "priority": spec.priority,
+        "share": share_gpus(job.share),
+        "share_milli": job.share,
+        "seq": job.seq,
+        "script": spec.script,
+        "args": list(spec.args),
+        "conda_env": spec.conda_env,
+        "tenant": spec.tenant,
+        "source": spec.source,
+        "line_no": spec.line_no,
+        "allowed_gpus": None if spec.allowed_gpus is None else list(spec.allowed_gpus),
         "attempts": job.attempts,
+        "preemptions": job.preemptions,
         "submitted_at": job.submitted_at,
+        "wait_s": None,
         "gpus": [],
+        "share_per_gpu": None,
         "session": None,
+        "suspended": False,
         "pid": None,
         "started_at": None,
+        "elapsed_s": None,
+        "timeout_s": timeout,
         "finished_at": None,
-        "exit_code": job.last_exit_code,
+        "run_s": None,
+        "exit_code": _exit_code(job),
         "reason": "",
     }
     if isinstance(st, Pending):
-        row["reason"] = st.reason
         row["wait_s"] = max(0.0, now - st.enqueued_at)
+        row["reason"] = st.reason
     elif isinstance(st, Running):
-        row.update(gpus=list(st.gpus), session=st.session, pid=st.pid, started_at=st.started_at,
-                   elapsed_s=max(0.0, now - st.started_at), reason=st.stopping or "")
+        row.update(
+            gpus=list(st.gpus),
+            share_per_gpu=share_gpus(st.share_per_gpu),
+            session=st.session,
+            suspended=st.suspended,
+            pid=st.pid,
+            started_at=st.started_at,
+            elapsed_s=max(0.0, now - st.started_at),
+            wait_s=max(0.0, st.started_at - job.submitted_at),
+            reason=_running_reason(st),
+        )
     elif isinstance(st, Finished):
-        row.update(gpus=list(st.gpus), started_at=st.started_at, finished_at=st.finished_at,
-                   reason=describe_outcome(st.outcome), outcome=st.outcome.kind)
+        row.update(
+            gpus=list(st.gpus),
+            started_at=st.started_at,
+            finished_at=st.finished_at,
+            outcome=st.outcome.kind,
+            reason=describe_outcome(st.outcome),
+        )
+        if st.started_at is not None:
+            row["wait_s"] = max(0.0, st.started_at - job.submitted_at)
+            row["run_s"] = max(0.0, st.finished_at - st.started_at)
     return row
 
 
-def build_view(saved: Any, daemon_alive: bool, now: float) -> dict[str, Any]:
-    """The stable JSON object. ``saved`` is a SavedState or None (never started)."""
+# ----------------------------------------------------------------------------- the view
+
+
+def _daemon_section(saved: Any, alive: bool, now: float) -> dict[str, Any]:
     if saved is None:
-        return {"daemon": {"running": daemon_alive, "state": "no state file yet", "stale": False},
-                "gpus": [], "queue": {"length": 0, "next": []}, "jobs": [], "errors": []}
-    info = dict(saved.daemon)
-    observed = dict(saved.observed)
-    heartbeat = float(info.get("heartbeat_at") or saved.saved_at or 0)
-    interval = float(info.get("monitor_interval_s") or 5)
-    stale = daemon_alive and now - heartbeat > max(STALE_AFTER_S, 3 * interval)
-    jobs = sorted(saved.jobs, key=lambda j: j.seq)
-    rows = {j.job_id: job_row(j, now) for j in jobs}
-    used = {int(k): v for k, v in observed.get("used", {}).items()}
-    unusable = {int(k): v for k, v in observed.get("unusable", {}).items()}
-    gpus = []
-    for g in observed.get("gpus", []):
-        idx = int(g["index"])
-        gpus.append({
-            "index": idx, "name": g.get("name", "GPU"),
-            "allocated": format_share(used.get(idx, 0)),
-            "allocated_fraction": used.get(idx, 0) / ONE_GPU,
-            "memory_used_mib": g.get("memory_used_mib"),
-            "memory_total_mib": g.get("memory_total_mib"),
-            "utilization_pct": g.get("utilization_pct"),
-            "healthy": g.get("healthy", True),
-            "paused": idx in saved.paused,
-            "unusable_reason": unusable.get(idx, ""),
-            "jobs": [r["id"] for r in rows.values() if r["state"] == "running" and idx in r["gpus"]],
-        })
-    waiting = observed.get("waiting", {})
-    queue_ids = [i for i in observed.get("queue", []) if i in rows]
+        info: Mapping[str, Any] = {}
+        observed: Mapping[str, Any] = {}
+    else:
+        info = saved.daemon if isinstance(saved.daemon, Mapping) else {}
+        observed = saved.observed if isinstance(saved.observed, Mapping) else {}
+    saved_at = saved.saved_at if saved is not None else None
+    heartbeat = _number(info.get("heartbeat_at")) or saved_at
+    interval = _number(info.get("monitor_interval_s")) or 5.0
+    age = None if heartbeat is None else max(0.0, now - heartbeat)
+    stale = age is not None and age > max(STALE_AFTER_S, 3 * interval)
+    started = _number(info.get("started_at"))
+    status = (
+        "never_started" if saved is None else "down" if not alive else "stale" if stale else "up"
+    )
     return {
-        "daemon": {
-            "running": daemon_alive, "stale": stale, "pid": info.get("pid"),
-            "version": info.get("version", __version__), "mode": info.get("mode"),
-            "provider": info.get("provider"), "started_at": info.get("started_at"),
-            "uptime_s": (now - info["started_at"]) if daemon_alive and info.get("started_at") else None,
-            "heartbeat_at": heartbeat, "save_error": observed.get("save_error", ""),
-            "screen_dir": info.get("screen_dir") or None,
-        },
-        "gpus": gpus,
-        "queue": {
-            "length": int(observed.get("pending", len(queue_ids))),
-            "next": [{**rows[i], "waiting_reason": waiting.get(i, "")} for i in queue_ids[:20]],
-            "reserved_for": observed.get("reserved_for"),
-            "reserved_gpus": observed.get("reserved_gpus", []),
-        },
-        "jobs": list(rows.values()),
-        "errors": observed.get("errors", []),
-        "archived_jobs": observed.get("archived", 0),
+        "status": status,
+        "running": alive,
+        "stale": stale,
+        "stopping": bool(info.get("stopping", False)),
+        "pid": _int_or_none(info.get("pid")),
+        "hostname": info.get("hostname"),
+        "version": info.get("version"),
+        "mode": info.get("mode"),
+        "provider": info.get("provider"),
+        "config": info.get("config"),
+        "screen_dir": info.get("screen_dir") or None,
+        "started_at": started,
+        "uptime_s": max(0.0, now - started) if alive and started is not None else None,
+        "saved_at": saved_at,
+        "heartbeat_at": heartbeat,
+        "heartbeat_age_s": age,
+        "monitor_interval_s": interval,
+        "save_error": str(observed.get("save_error") or ""),
     }
 
 
-def _bar(fraction: float, width: int = 10) -> Text:
-    filled = min(width, round(fraction * width))
-    colour = "green" if fraction < 0.75 else "yellow" if fraction < 1 else "red"
-    return Text("█" * filled, style=colour) + Text("░" * (width - filled), style="dim")
+def _gpu_rows(
+    observed: Mapping[str, Any], running: list[Job], paused: set[int], reserved: set[int]
+) -> list[dict[str, Any]]:
+    on_gpu: dict[int, list[dict[str, Any]]] = {}
+    for job in running:
+        st = job.status
+        assert isinstance(st, Running)
+        for g in st.gpus:
+            on_gpu.setdefault(g, []).append(
+                {
+                    "id": job.job_id,
+                    "label": job.spec.label,
+                    "seq": job.seq,
+                    "share": share_gpus(st.share_per_gpu),
+                    "share_milli": st.share_per_gpu,
+                    "suspended": st.suspended,
+                }
+            )
+    unusable = observed.get("unusable")
+    unusable = unusable if isinstance(unusable, Mapping) else {}
+    snapshots = [
+        g
+        for g in observed.get("gpus") or []
+        if isinstance(g, Mapping) and _int_or_none(g.get("index")) is not None
+    ]
+    known = {g["index"] for g in snapshots}
+    # a GPU our jobs run on that the last probe did not report still gets a row
+    snapshots += [
+        {"index": g, "healthy": False, "error": "not reported by the GPU probe"}
+        for g in sorted(set(on_gpu) - known)
+    ]
+    rows = []
+    for g in sorted(snapshots, key=lambda g: g["index"]):
+        idx = g["index"]
+        jobs = on_gpu.get(idx, [])
+        allocated = sum(j["share_milli"] for j in jobs if not j["suspended"])  # lent out
+        reason = str(unusable.get(str(idx), "") or "")
+        rows.append(
+            {
+                "index": idx,
+                "name": str(g.get("name") or "GPU"),
+                "uuid": str(g.get("uuid") or ""),
+                "healthy": bool(g.get("healthy", True)),
+                "error": str(g.get("error") or ""),
+                "paused": idx in paused,
+                "reserved": idx in reserved,
+                "usable": not reason,
+                "unusable_reason": reason,
+                "allocated": share_gpus(allocated) if allocated else 0.0,
+                "allocated_milli": allocated,
+                "memory_used_mib": _int_or_none(g.get("memory_used_mib")),
+                "memory_total_mib": _int_or_none(g.get("memory_total_mib")),
+                "utilization_pct": _number(g.get("utilization_pct")),
+                "jobs": jobs,
+            }
+        )
+    return rows
 
 
-def render_status(view: dict[str, Any], *, detailed: bool = False) -> RenderableType:
-    d = view["daemon"]
-    if d["running"]:
-        state = Text("up", style="bold green")
-        state += Text(f" {_age(d.get('uptime_s'))}  pid {d.get('pid')}  mode {d.get('mode')}")
-        if d.get("stale"):
-            state += Text("  (state is stale: daemon not saving)", style="bold red")
-    else:
-        state = Text("down", style="bold red")
-        state += Text(" (showing the last saved state)")
-    counts: dict[str, int] = {}
-    for row in view["jobs"]:
-        counts[row["state"]] = counts.get(row["state"], 0) + 1
-    header = Text(f"gpu-scheduler {d.get('version')}  daemon ") + state
-    header += Text("\n" + "  ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "no jobs")
-    if d.get("save_error"):
-        header += Text(f"\nSTATE NOT SAVED, launching stopped: {d['save_error']}", style="bold red")
-
-    gpu_table = Table(box=box.SIMPLE_HEAD, expand=False, title="GPUs", title_justify="left")
-    for col in ("GPU", "allocated", "memory", "util", "jobs"):
-        gpu_table.add_column(col, overflow="fold")
-    for g in view["gpus"]:
-        mem = (f"{(g['memory_used_mib'] or 0) / 1024:.0f}/{(g['memory_total_mib'] or 0) / 1024:.0f}G"
-               if g.get("memory_total_mib") else "-")
-        util = f"{g['utilization_pct']:.0f}%" if g.get("utilization_pct") is not None else "-"
-        mark = " paused" if g["paused"] else "" if g["healthy"] else " unhealthy"
-        label = Text(f"{g['index']}{mark}", style="yellow" if mark else "")
-        gpu_table.add_row(label, _bar(g["allocated_fraction"]) + Text(f" {g['allocated']}"), mem,
-                          util, " ".join(g["jobs"]) or "-")
-
-    running = Table(box=box.SIMPLE_HEAD, title="Running", title_justify="left")
-    for col in ("id", "job", "GPUs", "share", "session", "elapsed"):
-        running.add_column(col, overflow="fold")
-    for r in view["jobs"]:
-        if r["state"] == "running":
-            running.add_row(r["id"], r["label"], ",".join(map(str, r["gpus"])), r["share"],
-                            r["session"] or "-", _age(r.get("elapsed_s")))
-
-    q = view["queue"]
-    queue = Table(box=box.SIMPLE_HEAD, title=f"Queue ({q['length']} pending)", title_justify="left")
-    for col in ("id", "job", "prio", "share", "waiting", "why"):
-        queue.add_column(col, overflow="fold")
-    for r in q["next"][: 20 if detailed else 5]:
-        queue.add_row(r["id"], r["label"], str(r["priority"]), r["share"], _age(r.get("wait_s")),
-                      r.get("waiting_reason") or r.get("reason") or "")
-
-    done = [r for r in view["jobs"] if r["state"] in ("completed", "failed", "cancelled")]
-    done.sort(key=lambda r: r.get("finished_at") or 0, reverse=True)
-    finished = Table(box=box.SIMPLE_HEAD, title="Finished", title_justify="left")
-    for col in ("id", "job", "state", "result"):
-        finished.add_column(col, overflow="fold")
-    for r in done[: 20 if detailed else 5]:
-        style = {"completed": "green", "failed": "red"}.get(r["state"], "yellow")
-        finished.add_row(r["id"], r["label"], Text(r["state"], style=style), r["reason"])
-
-    parts: list[RenderableType] = [header, gpu_table, running, queue, finished]
-    if view["errors"]:
-        errs = Text("Errors in jobs files / llm_config:\n", style="bold red")
-        for e in view["errors"][:10]:
-            errs += Text(f"  {e['source']}:{e['line_no']}: {e['message']}\n")
-        parts.append(errs)
-    return Group(*parts)
+def _queue_section(
+    pending: list[Job], observed: Mapping[str, Any], now: float, reserved_gpus: list[int]
+) -> dict[str, Any]:
+    by_id = {j.job_id: j for j in pending}
+    order = [i for i in observed.get("queue") or [] if isinstance(i, str) and i in by_id]
+    if len(order) < min(len(pending), QUEUE_NEXT):  # new jobs since the last pass, or no order
+        listed = set(order)
+        order += [
+            j.job_id
+            for j in sorted(pending, key=lambda j: (j.spec.priority, j.seq))
+            if j.job_id not in listed
+        ]
+    waiting = observed.get("waiting")
+    waiting = waiting if isinstance(waiting, Mapping) else {}
+    nxt = []
+    for job_id in order[:QUEUE_NEXT]:
+        job = by_id[job_id]
+        st = job.status
+        assert isinstance(st, Pending)
+        nxt.append(
+            {
+                "id": job_id,
+                "label": job.spec.label,
+                "priority": job.spec.priority,
+                "share": share_gpus(job.share),
+                "wait_s": max(0.0, now - st.enqueued_at),
+                "why": str(waiting.get(job_id) or st.reason or ""),
+            }
+        )
+    counts = Counter(j.spec.priority for j in pending)
+    oldest = min(
+        (j.status.enqueued_at for j in pending if isinstance(j.status, Pending)), default=None
+    )
+    reserved_for = observed.get("reserved_for")
+    return {
+        "length": len(pending),
+        "by_priority": [{"priority": p, "count": counts[p]} for p in sorted(counts)],
+        "oldest_wait_s": None if oldest is None else max(0.0, now - oldest),
+        "next": nxt,
+        "reserved_for": reserved_for if isinstance(reserved_for, str) else None,
+        "reserved_gpus": reserved_gpus,
+    }
 
 
-def print_status(view: dict[str, Any], *, detailed: bool = False,
-                 console: Console | None = None) -> None:
-    (console or Console()).print(render_status(view, detailed=detailed))
+def _errors(observed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    raw = observed.get("errors", observed.get("line_errors")) or []
+    out = []
+    for e in raw:
+        if isinstance(e, Mapping):
+            out.append(
+                {
+                    "source": str(e.get("source", "")),
+                    "line_no": _int_or_none(e.get("line_no")),
+                    "text": str(e.get("text", "")),
+                    "message": str(e.get("message", "")),
+                    "expected": str(e.get("expected", "")),
+                }
+            )
+    return out
 
 
-def watch(load: Callable[[], tuple[Any, bool]], interval: float, detailed: bool) -> int:
-    """Redraw in place with rich Live until Ctrl-C."""
-    from rich.live import Live
-
-    def frame() -> RenderableType:
-        saved, alive = load()
-        return render_status(build_view(saved, alive, time.time()), detailed=detailed)
-
-    try:
-        with Live(frame(), auto_refresh=False, screen=False, transient=False) as live:
-            while True:
-                time.sleep(interval)
-                live.update(frame(), refresh=True)
-    except KeyboardInterrupt:
-        return 0
+def archived_by_state(observed: Mapping[str, Any]) -> dict[str, int] | None:
+    """History jobs per state as the daemon summarised them (``observed.metrics``), if it did."""
+    metrics = observed.get("metrics")
+    raw = metrics.get("archived_by_state") if isinstance(metrics, Mapping) else None
+    if not isinstance(raw, Mapping):
+        return None
+    return {str(k): v for k, v in raw.items() if _int_or_none(v) is not None}
 
 
-def print_job_table(rows: Sequence[dict[str, Any]], console: Console | None = None) -> None:
-    table = Table(box=box.SIMPLE_HEAD)
-    for col in ("id", "job", "state", "prio", "share", "GPUs", "result"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        table.add_row(r["id"], r["label"], r["state"], str(r["priority"]), r["share"],
-                      ",".join(map(str, r["gpus"])) or "-", r["reason"])
-    (console or Console()).print(table)
+def build_view(
+    saved: Any,
+    daemon_alive: bool,
+    now: float,
+    *,
+    default_timeout_s: float | None = None,
+    archived: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """The stable ``status --json`` object (docs/status_json.md).
+
+    ``saved`` is a ``SavedState`` or None (no state file yet); ``daemon_alive`` says whether the
+    control socket answers; ``archived`` (state -> count of history jobs) overrides the daemon's
+    own summary in ``observed.metrics.archived_by_state``; with neither, ``observed.archived``
+    gives only their total, counted in ``counts.done``.
+    """
+    observed: Mapping[str, Any] = {}
+    jobs: list[Job] = []
+    paused: set[int] = set()
+    if saved is not None:
+        observed = saved.observed if isinstance(saved.observed, Mapping) else {}
+        jobs = sorted(saved.jobs, key=lambda j: j.seq)
+        paused = set(saved.paused)
+    rows = [job_row(j, now, default_timeout_s) for j in jobs]
+    running = [j for j in jobs if isinstance(j.status, Running)]
+    pending = [j for j in jobs if isinstance(j.status, Pending)]
+    reserved_gpus = sorted(g for g in observed.get("reserved_gpus") or [] if isinstance(g, int))
+    if archived is None:
+        archived = archived_by_state(observed)
+    counts: dict[str, int] = count_states(jobs, archived)
+    counts["done"] = sum(counts[s] for s in FINISHED_STATES)
+    if archived is not None:
+        counts["archived"] = sum(archived.values())
+    else:  # an older daemon: only the total is known; it counts as done
+        counts["archived"] = _int_or_none(observed.get("archived")) or 0
+        counts["done"] += counts["archived"]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "generated_at": now,
+        "daemon": _daemon_section(saved, daemon_alive, now),
+        "counts": counts,
+        "gpus": _gpu_rows(observed, running, paused, set(reserved_gpus)),
+        "queue": _queue_section(pending, observed, now, reserved_gpus),
+        "jobs": rows,
+        "errors": _errors(observed),
+    }
+
+
+def gpu_share_total(view: Mapping[str, Any]) -> tuple[int, int]:
+    """(allocated, capacity) in milli-GPU over the view's GPUs."""
+    gpus = view.get("gpus", [])
+    return sum(g["allocated_milli"] for g in gpus), ONE_GPU * len(gpus)
+
+
+def metrics_view(
+    saved: Any, alive: bool, now: float, archived: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """The ``metrics --json`` object from the state file (the daemon computes the same figures
+    from memory for the Prometheus file)."""
+    view = build_view(saved, alive, now, archived=archived)
+    observed = saved.observed if saved is not None and isinstance(saved.observed, Mapping) else {}
+    window = observed.get("metrics")
+    return compute_metrics(
+        saved.jobs if saved is not None else (),
+        now=now,
+        counts=view["counts"],
+        gpus=view["gpus"],
+        window=window if isinstance(window, Mapping) else {},
+        daemon=view["daemon"],
+    )
