@@ -78,26 +78,20 @@ def _duration(text: str) -> float:
 
 
 def notes_for(settings: Settings) -> list[str]:
-    """Config settings the simulation accepts but the core does not implement (yet)."""
+    """Config settings the simulation accepts but does not model (yet)."""
     notes = []
     if settings.scheduler.preemption.enabled:
         notes.append(
-            "scheduler.preemption is enabled in the config, but the core does not implement "
-            "preemption yet; every policy was simulated without it"
-        )
-    capped = sorted(name for name, t in settings.tenants.items() if t.max_gpus is not None)
-    if capped:
-        notes.append(
-            f"tenant caps (tenants.<name>.max_gpus for {', '.join(capped)}) are not enforced "
-            "by the core yet and were not simulated"
+            "scheduler.preemption is enabled in the config, but the simulator does not model "
+            "stopping or freezing a running job yet; every policy was simulated without it"
         )
     return notes
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from gpu_scheduler.config import load_settings
-    from gpu_scheduler.daemon import policy_from
     from gpu_scheduler.llmconfig import load_llm_config
+    from gpu_scheduler.policy import policy_from
     from gpu_scheduler.simulate import engine, report
     from gpu_scheduler.simulate.policies import make_policies
     from gpu_scheduler.simulate.trace import read_trace

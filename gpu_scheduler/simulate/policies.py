@@ -58,7 +58,12 @@ class SimPolicy:
 
 
 def make_policy(name: str, base: Policy) -> SimPolicy:
-    """The named policy on top of ``base`` (the config's Policy); ValueError for an unknown name."""
+    """The named policy on top of ``base`` (the config's Policy); ValueError for an unknown name.
+
+    Preemption is switched off: the engine does not model a victim's stop or freeze yet.
+    Tenant fair share and caps come from the config and are simulated by the core itself.
+    """
+    base = replace(base, preemption=replace(base.preemption, enabled=False))
     if name == "fractional":
         policy = replace(base, reservation=True, best_fit=True)
         return SimPolicy(name, policy, False, DESCRIPTIONS[name])

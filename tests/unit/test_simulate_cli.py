@@ -106,7 +106,7 @@ def test_preemption_in_the_config_is_accepted_and_noted(
     code, out, _ = run_cli(args, capsys)
     assert code == 0
     (note,) = json.loads(out)["notes"]
-    assert "core does not implement preemption yet" in note
+    assert "does not model stopping or freezing a running job yet" in note
 
 
 def test_the_table_shows_the_policies_side_by_side(
