@@ -128,8 +128,12 @@ def assess(
     min_free_bytes: int = MIN_FREE_BYTES,
     min_free_fraction: float = MIN_FREE_FRACTION,
     state_problem: str = "",
+    insecure: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The ``health --json`` object: ``status``, ``exit_code`` and one entry per check.
+
+    ``insecure``: config/jobs/llm_config files others can write (anyone who can write them can
+    run code as you): each makes the machine degraded.
 
     ``state_problem``: why the state file could not be read (it then counts as down)."""
     d = view["daemon"]
@@ -139,6 +143,7 @@ def assess(
         _gpus(view),
         _screen(mode, screen_path),
         *_disks(disks, min_free_bytes, min_free_fraction),
+        *(_check("files", "degraded", problem) for problem in insecure),
     ]
     worst = max(SEVERITY[c["status"]] for c in checks)
     return {
@@ -186,10 +191,13 @@ def gather(settings: Any, view: Mapping[str, Any], state_problem: str = "") -> d
     disks = measure_disks(
         {"state": settings.files.state_file.parent, "logs": settings.files.log_dir}
     )
+    from gpu_scheduler.guards import insecure_files, trusted_files
+
     return assess(
         view,
         mode=mode,
         screen_path=shutil.which("screen"),
         disks=disks,
         state_problem=state_problem,
+        insecure=insecure_files(trusted_files(settings)),
     )

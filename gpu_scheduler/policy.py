@@ -20,6 +20,7 @@ def policy_from(settings: Settings) -> Policy:
         stop_grace_s=settings.scheduler.graceful_shutdown_timeout_s,
         session_prefix=settings.execution.session_prefix,
         max_concurrent_jobs=settings.jobs.max_concurrent_jobs,
+        queue_size_limit=settings.jobs.queue_size_limit,
         preemption=PreemptionRule(
             enabled=pre.enabled,
             mode=pre.mode,

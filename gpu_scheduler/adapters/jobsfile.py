@@ -194,6 +194,8 @@ class JobsFileReader:
         return {script: self._check(script, roots) for script in scripts}
 
     def _check(self, script: str, roots: list[str]) -> _Problem:
+        if "\x00" in script:  # realpath and stat raise on it: a located error, not a crash
+            return "script path contains a NUL byte", "a plain file path"
         if roots:
             real = os.path.realpath(script)
             if not any(

@@ -6,9 +6,10 @@ capacity away: memory held by processes we did not start, and GPUs busy with for
 
 The exact rule, per GPU g, given our jobs' shares ``used[g]`` (milli-GPU):
 
-* g is unusable (gets nothing new) when it is paused, unhealthy, its foreign memory is more
-  than ``memory_threshold`` of its total, or its utilisation is above ``load_threshold`` while
-  none of our jobs runs on it;
+* g is unusable (gets nothing new) when it is paused, unhealthy, a job died of CUDA
+  out-of-memory on it and its free memory has not yet come back to what that job needed (an
+  *OOM hold*, see ``oom_holds_left``), its foreign memory is more than ``memory_threshold`` of
+  its total, or its utilisation is above ``load_threshold`` while none of our jobs runs on it;
 * otherwise ``capacity[g] = 1000 - ceil(1000 * foreign_mib / total_mib)`` and
   ``free[g] = capacity[g] - used[g]``;
 * foreign memory = used memory - memory of our own job processes (per-process data from the
@@ -55,6 +56,28 @@ def foreign_memory_mib(gpu: GpuSnapshot, own_pids: Collection[int], used_share: 
     return max(0, gpu.memory_used_mib - assumed_own)
 
 
+def free_memory_mib(gpu: GpuSnapshot) -> int:
+    """Memory the probe reports free on this GPU (total - used, never below 0)."""
+    return max(0, gpu.memory_total_mib - gpu.memory_used_mib)
+
+
+def oom_need_mib(share_per_gpu: int, total_mib: int) -> int:
+    """The free memory a job of this share needs on a GPU of this size (its share of it)."""
+    return -(-share_per_gpu * total_mib // ONE_GPU)
+
+
+def oom_holds_left(holds: Mapping[int, int], gpus: Iterable[GpuSnapshot]) -> dict[int, int]:
+    """The OOM holds still in force: a hold ends once a healthy snapshot of its GPU shows at
+    least the held MiB free; a GPU missing from the snapshot keeps its hold."""
+    by_index = {g.index: g for g in gpus}
+    left = {}
+    for index, need in holds.items():
+        gpu = by_index.get(index)
+        if gpu is None or not gpu.healthy or free_memory_mib(gpu) < need:
+            left[index] = need
+    return left
+
+
 def assess(
     gpus: Iterable[GpuSnapshot],
     used: Mapping[int, int],
@@ -63,9 +86,14 @@ def assess(
     own_pids: Collection[int] = (),
     memory_threshold: float = 0.9,
     load_threshold: float = 0.9,
+    oom_holds: Mapping[int, int] | None = None,
 ) -> dict[int, GpuRoom]:
-    """Turn one probe snapshot plus our own allocations into the room each GPU offers."""
+    """Turn one probe snapshot plus our own allocations into the room each GPU offers.
+
+    ``oom_holds``: GPU -> MiB that must be free before it takes new work (a job died of CUDA
+    out-of-memory there); the caller drops the holds that are met (``oom_holds_left``)."""
     rooms: dict[int, GpuRoom] = {}
+    holds = oom_holds or {}
     for gpu in gpus:
         ours = used.get(gpu.index, 0)
         reason = ""
@@ -74,6 +102,11 @@ def assess(
             reason = "paused"
         elif not gpu.healthy:
             reason = f"unhealthy: {gpu.error}" if gpu.error else "unhealthy"
+        elif gpu.index in holds:
+            reason = (
+                f"CUDA OOM here; waiting for {holds[gpu.index]} MiB to be free "
+                f"({free_memory_mib(gpu)} MiB free now)"
+            )
         elif gpu.memory_total_mib > 0:
             foreign = foreign_memory_mib(gpu, own_pids, ours)
             fraction = foreign / gpu.memory_total_mib

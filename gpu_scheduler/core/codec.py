@@ -141,6 +141,7 @@ def job_to_dict(job: Job) -> dict[str, Any]:
         "retries_used": job.retries_used,
         "requeues": job.requeues,
         "preemptions": job.preemptions,
+        "oom_requeues": job.oom_requeues,
         "last_exit_code": job.last_exit_code,
     }
 
@@ -362,6 +363,7 @@ _JOB: dict[str, Check] = {
     "retries_used": _int,
     "requeues": _int,
     "preemptions": _int,
+    "oom_requeues": _int,
     "last_exit_code": _optional(_int),
 }
 

@@ -198,6 +198,7 @@ class Job:
     requeues: int = 0  # times put back after losing its process or being preempted
     preemptions: int = 0  # times pushed back (requeued or suspended) for a more urgent job
     last_exit_code: int | None = None
+    oom_requeues: int = 0  # times put back after dying of CUDA out-of-memory
 
     @property
     def job_id(self) -> str:

@@ -3,7 +3,8 @@
 Order of work in a pass:
 
 1. retries that are due become eligible; tenants' fair-share usage is brought up to ``now``;
-2. each GPU's room is assessed (our shares, foreign memory/load, paused, unhealthy);
+2. each GPU's room is assessed (our shares, foreign memory/load, paused, unhealthy, a CUDA
+   OOM hold: see ``allocator.oom_holds_left``; holds whose memory is back are dropped here);
 3. frozen (suspended) jobs get their shares back first, as soon as they fit again;
 4. pending jobs are walked tenant by tenant in fair-share order (the tenant furthest below its
    weighted share of recent use goes next) and, within a tenant, by effective priority then
@@ -43,6 +44,9 @@ def plan_pass(
     s.promote_due(now)
     running_by_tenant = s.running_by_tenant()
     s.fair.advance(now, running_by_tenant)
+    s.gpu_memory_mib.update((g.index, g.memory_total_mib) for g in gpus if g.memory_total_mib > 0)
+    if s.oom_holds:
+        s.oom_holds = allocator.oom_holds_left(s.oom_holds, gpus)
     rooms = allocator.assess(
         gpus,
         s.used(),
@@ -50,6 +54,7 @@ def plan_pass(
         own_pids=own_pids,
         memory_threshold=s.policy.memory_threshold,
         load_threshold=s.policy.load_threshold,
+        oom_holds=s.oom_holds,
     )
     free = {g: room.free for g, room in rooms.items()}
     actions: list[Stop | Suspend | Resume] = []
@@ -83,6 +88,9 @@ def plan_pass(
 
     for bucket, pos in _fair_order(s, now, blocked, running_by_tenant):
         if slots is not None and len(placed) >= slots:
+            head = bucket.ids[bucket.seqs[pos]]
+            cap = s.policy.max_concurrent_jobs
+            waiting.setdefault(head, f"max_concurrent_jobs ({cap}) reached; waits for a job to end")
             break
         if (
             reserved_for is not None

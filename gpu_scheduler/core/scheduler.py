@@ -18,7 +18,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from gpu_scheduler.core import allocator
+from gpu_scheduler.core import allocator, limits
 from gpu_scheduler.core.fairshare import FairShare, TenantRule
 from gpu_scheduler.core.model import (
     Cancelled,
@@ -62,6 +62,7 @@ class Policy:
     stop_grace_s: float = 30.0
     session_prefix: str = "gpujob"
     max_concurrent_jobs: int | None = None
+    queue_size_limit: int | None = None  # new lines wait in the file while this many are queued
     reservation: bool = True  # hold GPUs for a blocked head-of-queue job
     best_fit: bool = True  # False: first fit (a simulator baseline)
     preemption: PreemptionRule = PreemptionRule()
@@ -79,6 +80,7 @@ class PassReport:
     reserved_gpus: tuple[int, ...] = ()
     waiting: dict[str, str] = field(default_factory=dict)  # first job of each blocked class -> why
     rooms: dict[int, allocator.GpuRoom] = field(default_factory=dict)
+    notices: tuple[Notice, ...] = ()  # lines taken from the backlog into the queue
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -126,6 +128,12 @@ class Scheduler:
         self._dependents: dict[str, set[str]] = {}  # job id -> ids waiting for it
         self.held: set[str] = set()  # pending jobs waiting for their dependencies
         self.preempt_holds: dict[str, tuple[int, ...]] = {}  # urgent job -> GPUs being freed
+        # New lines beyond queue_size_limit, in file order: (spec, share, deps). Rebuilt by
+        # every sync, taken into the queue as it drains; not persisted (the file holds them).
+        self.backlog: list[tuple[JobSpec, int, tuple[str, ...]]] = []
+        self.backlog_noticed = False  # the queue_full notice was given
+        self.oom_holds: dict[int, int] = {}  # GPU -> MiB that must be free again (CUDA OOM)
+        self.gpu_memory_mib: dict[int, int] = {}  # GPU -> total MiB, as last seen by a pass
 
     # ------------------------------------------------------------------ reading
 
@@ -154,6 +162,12 @@ class Scheduler:
 
     def pending_count(self) -> int:
         return len(self._queue) + len(self._delayed) + len(self.held)
+
+    def queued_count(self) -> int:
+        """Pending jobs that count against queue_size_limit: those waiting for GPUs or a retry
+        time. Jobs waiting for their dependencies do not (they could hold every slot while the
+        line they wait for sits in the backlog)."""
+        return len(self._queue) + len(self._delayed)
 
     @property
     def queue(self) -> PendingQueue:
@@ -207,20 +221,37 @@ class Scheduler:
         A removed line never touches a job that has started (running, or pending again after a
         requeue or a user's retry), and a finished job is never re-run because its line is still
         there (ids tie lines to jobs).
+
+        With ``queue_size_limit``, new lines are enqueued only while fewer jobs are queued; the
+        rest (and every new line after the first one left out, so file order is kept) wait in
+        ``backlog`` and are taken as the queue drains (``schedule``). No line is dropped.
         """
         notices: list[Notice] = []
         seen: set[str] = set()
         deps = deps or {}
+        limit = self.policy.queue_size_limit
+        backlog: list[tuple[JobSpec, int, tuple[str, ...]]] = []
         for spec, share in specs:
             seen.add(spec.job_id)
-            notices.extend(self.add(spec, share, now, deps.get(spec.job_id, ())))
+            job_deps = deps.get(spec.job_id, ())
+            new = spec.job_id not in self.jobs and spec.job_id not in self.archived
+            if new and limit is not None and (backlog or self.queued_count() >= limit):
+                backlog.append((spec, share, job_deps))
+                continue
+            notices.extend(self.add(spec, share, now, job_deps))
+        self.backlog = backlog
         for job_id in [j for j, job in self.jobs.items() if j not in seen]:
             job = self.jobs[job_id]
             # Only a job that never ran is the line's alone: one that ran before and is
             # pending again (requeued, preempted, retried by the user) is not dropped silently.
             if isinstance(job.status, Pending) and job.attempts == job.launch_failures:
                 notices.append(self.remove(job_id))
+        notices.extend(self.admit_backlog(now))
         return notices
+
+    def admit_backlog(self, now: float) -> list[Notice]:
+        """Move backlog lines into the queue, in file order, while it is under its limit."""
+        return limits.admit_backlog(self, now)
 
     def add(
         self, spec: JobSpec, share: int, now: float, deps: tuple[str, ...] = ()
@@ -282,7 +313,11 @@ class Scheduler:
         """Place what fits now; returns the launches (shares already counted) and the reasons."""
         from gpu_scheduler.core.planner import plan_pass
 
-        self.last_pass = plan_pass(self, gpus, now, own_pids)
+        admitted = self.admit_backlog(now) if self.backlog else []
+        report = plan_pass(self, gpus, now, own_pids)
+        if self.backlog:  # refill what this pass's starts freed; placed by the next pass
+            admitted.extend(self.admit_backlog(now))
+        self.last_pass = replace(report, notices=tuple(admitted)) if admitted else report
         return self.last_pass
 
     def why_waiting(
@@ -369,8 +404,14 @@ class Scheduler:
         )
         return Notice("launch_failed", job_id, message, {"attempts": failures})
 
-    def exited(self, job_id: str, exit_code: int, now: float) -> Notice:
-        """The job's process ended with this code; what that means depends on why it ended."""
+    def exited(self, job_id: str, exit_code: int, now: float, oom: bool = False) -> Notice:
+        """The job's process ended with this code; what that means depends on why it ended.
+
+        ``oom``: its log shows CUDA out-of-memory. A non-zero exit then holds its GPUs (no new
+        work until they have its share of memory free again; see ``allocator.oom_holds_left``)
+        and requeues the job, at most ``max_assignment_attempts`` times; after that it fails
+        like any other exit. The caller should pass the next pass a snapshot probed after this
+        exit, or a stale one may end the hold at once."""
         job = self._running_job(job_id)
         run = job.status
         self._release(job)
@@ -378,12 +419,18 @@ class Scheduler:
         if run.stopping == "preempt":
             return self._requeue_preempted(job, f"exit {exit_code}")
         stopped = self._stopped_outcome(job)
+        why = f"exit {exit_code}"
+        if oom and exit_code != 0 and stopped is None and not run.stopping:
+            self.oom_holds = limits.with_oom_holds(self.oom_holds, run, self.gpu_memory_mib)
+            if job.oom_requeues < self.policy.max_assignment_attempts:
+                return self._requeue_oom(job, exit_code)
+            why += f" (CUDA out of memory; {job.oom_requeues} OOM requeues used)"
         if stopped is not None:
             new, event = done(stopped[0]), stopped[1]
         elif exit_code == 0:
             new, event = done(Succeeded()), "completed"
         elif job.retries_used < job.spec.retries:
-            reason = f"exit {exit_code}; retry {job.retries_used + 1} of {job.spec.retries}"
+            reason = f"{why}; retry {job.retries_used + 1} of {job.spec.retries}"
             self._put(
                 transition(
                     job,
@@ -396,7 +443,20 @@ class Scheduler:
         else:
             new, event = done(Failed(exit_code)), "failed"
         self._put(transition(job, new, last_exit_code=exit_code))
-        return Notice(event, job_id, f"exit {exit_code}", {"exit_code": exit_code})
+        return Notice(event, job_id, why, {"exit_code": exit_code})
+
+    def _requeue_oom(self, job: Job, exit_code: int) -> Notice:
+        run = job.status
+        assert isinstance(run, Running)
+        count = job.oom_requeues + 1
+        reason = limits.oom_requeue_reason(run, exit_code, count, self.policy.max_assignment_attempts)
+        pending = Pending(self._enqueued_at(job), reason=reason)
+        self._put(
+            transition(
+                job, pending, oom_requeues=count, requeues=job.requeues + 1, last_exit_code=exit_code
+            )
+        )
+        return Notice("oom_requeued", job.job_id, reason, {"exit_code": exit_code})
 
     def abort_launch(self, job_id: str, reason: str) -> Notice:
         """Take back a launch that was never attempted (its state could not be saved first)."""
