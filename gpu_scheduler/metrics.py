@@ -77,6 +77,7 @@ def compute_metrics(
     window: Mapping[str, Any],
     daemon: Mapping[str, Any],
     throughput_window_s: float = THROUGHPUT_WINDOW_S,
+    tenants: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The ``metrics --json`` object (docs/status_json.md).
 
@@ -156,6 +157,23 @@ def compute_metrics(
             "since": window.get("since"),
         },
         "gpus": gpu_rows,
+        "tenants": [dict(t) for t in tenants],
+    }
+
+
+def tenant_info(scheduler: Any) -> dict[str, dict[str, Any]]:
+    """Each tenant's weight, quota and decayed fair-share usage (the daemon's observed.tenants)."""
+    from gpu_scheduler.core.fairshare import FairShare
+
+    fair = getattr(scheduler, "fair", None) or FairShare()
+    names = set(fair.rules) | set(fair.usage) | {j.spec.tenant for j in scheduler.jobs.values()}
+    return {
+        name: {
+            "weight": fair.rule(name).weight,
+            "max_gpus": fair.rule(name).max_gpus,
+            "usage_gpu_s": round(fair.usage.get(name, 0.0), 3),
+        }
+        for name in sorted(names)
     }
 
 
@@ -310,8 +328,11 @@ class MetricsRecorder:
             "stale": False,
             "uptime_s": now - float(daemon_info.get("started_at") or now),
         }
+        from gpu_scheduler.status import tenant_rows
+
         return compute_metrics(
-            jobs, now=now, counts=counts, gpus=rows, window=self.samples.summary(), daemon=daemon
+            jobs, now=now, counts=counts, gpus=rows, window=self.samples.summary(), daemon=daemon,
+            tenants=tenant_rows(jobs, tenant_info(scheduler)),
         )
 
 
@@ -406,6 +427,15 @@ def prometheus_registry(m: Mapping[str, Any], info: Mapping[str, Any] | None = N
             mem_total.labels(label).set(g["memory_total_mib"] * 1024 * 1024)
         healthy.labels(label).set(1 if g["healthy"] else 0)
         paused.labels(label).set(1 if g["paused"] else 0)
+    held = gauge("gpu_scheduler_tenant_running_share", "GPUs a tenant's running jobs hold", ["tenant"])
+    usage = gauge("gpu_scheduler_tenant_usage_gpu_seconds",
+                  "A tenant's decayed GPU-share-seconds (fair share)", ["tenant"])
+    quota = gauge("gpu_scheduler_tenant_max_gpus", "A tenant's cap on running shares", ["tenant"])
+    for t in m.get("tenants", ()):
+        held.labels(t["name"]).set(t["running_share"])
+        usage.labels(t["name"]).set(t["usage_gpu_s"])
+        if t["max_gpus"] is not None:
+            quota.labels(t["name"]).set(t["max_gpus"])
     return reg
 
 

@@ -13,7 +13,7 @@ Pure: no I/O, no clock (``now`` is passed in), and defensive about the free-form
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpu_scheduler.core.model import (
@@ -85,7 +85,9 @@ def _running_reason(st: Running) -> str:
     return ""
 
 
-def job_row(job: Job, now: float, default_timeout_s: float | None = None) -> dict[str, Any]:
+def job_row(
+    job: Job, now: float, default_timeout_s: float | None = None, overrun: str = ""
+) -> dict[str, Any]:
     """One job as the stable JSON object of ``status --json`` ``jobs`` and ``list-jobs --json``.
 
     Every row has every key (null when it does not apply), so scripts never need ``.get``.
@@ -126,6 +128,7 @@ def job_row(job: Job, now: float, default_timeout_s: float | None = None) -> dic
         "run_s": None,
         "exit_code": _exit_code(job),
         "reason": "",
+        "gpu_memory_overrun": overrun,
     }
     if isinstance(st, Pending):
         row["wait_s"] = max(0.0, now - st.enqueued_at)
@@ -326,6 +329,41 @@ def archived_by_state(observed: Mapping[str, Any]) -> dict[str, int] | None:
     return {str(k): v for k, v in raw.items() if _int_or_none(v) is not None}
 
 
+def tenant_rows(jobs: Iterable[Job], info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per tenant: running/pending jobs, running share, fair-share usage, weight and quota.
+
+    ``info`` is the daemon's ``observed.tenants`` (weight, max_gpus, decayed usage per tenant).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+
+    def row(name: str) -> dict[str, Any]:
+        if name not in rows:
+            meta = info.get(name) if isinstance(info.get(name), Mapping) else {}
+            rows[name] = {
+                "name": name,
+                "running": 0,
+                "pending": 0,
+                "running_share": 0.0,
+                "usage_gpu_s": float(meta.get("usage_gpu_s") or 0.0),
+                "weight": float(meta.get("weight") or 1.0),
+                "max_gpus": meta.get("max_gpus"),
+            }
+        return rows[name]
+
+    for name in info:
+        row(str(name))
+    for job in jobs:
+        st = job.status
+        if isinstance(st, Running):
+            r = row(job.spec.tenant)
+            r["running"] += 1
+            if not st.suspended:
+                r["running_share"] = round(r["running_share"] + job.share / ONE_GPU, 3)
+        elif isinstance(st, Pending):
+            row(job.spec.tenant)["pending"] += 1
+    return [rows[name] for name in sorted(rows)]
+
+
 def build_view(
     saved: Any,
     daemon_alive: bool,
@@ -348,7 +386,8 @@ def build_view(
         observed = saved.observed if isinstance(saved.observed, Mapping) else {}
         jobs = sorted(saved.jobs, key=lambda j: j.seq)
         paused = set(saved.paused)
-    rows = [job_row(j, now, default_timeout_s) for j in jobs]
+    overruns = _mapping(observed.get("overruns"))  # jobs using more GPU memory than their share
+    rows = [job_row(j, now, default_timeout_s, str(overruns.get(j.job_id, ""))) for j in jobs]
     running = [j for j in jobs if isinstance(j.status, Running)]
     pending = [j for j in jobs if isinstance(j.status, Pending)]
     reserved_gpus = sorted(g for g in observed.get("reserved_gpus") or [] if isinstance(g, int))
@@ -370,7 +409,12 @@ def build_view(
         "queue": _queue_section(pending, observed, now, reserved_gpus),
         "jobs": rows,
         "errors": _errors(observed),
+        "tenants": tenant_rows(jobs, _mapping(observed.get("tenants"))),
     }
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def gpu_share_total(view: Mapping[str, Any]) -> tuple[int, int]:
@@ -394,4 +438,5 @@ def metrics_view(
         gpus=view["gpus"],
         window=window if isinstance(window, Mapping) else {},
         daemon=view["daemon"],
+        tenants=view["tenants"],
     )

@@ -66,6 +66,7 @@ class StatusScreen:
         yield from gpus
         yield from self._running(wide, limits["running"])
         yield from self._queue(wide, limits["queue"])
+        yield from self._tenants()
         yield from self._finished(wide, limits["finished"])
         yield from self._errors(limits["errors"], fold=height is None)
 
@@ -334,6 +335,8 @@ class StatusScreen:
             if r["reason"]:
                 state = "stopping" if r["reason"].startswith("stopping") else "suspended"
                 label = Text(f"{r['label']} ({state})", style="yellow")
+            if r.get("gpu_memory_overrun"):
+                label = Text(f"⚠ {r['label']}", style="bold red")
             timeout = "-"
             if r["timeout_s"] is not None:
                 timeout = format_duration(r["timeout_s"])
@@ -352,6 +355,10 @@ class StatusScreen:
             cells.append(r["session"] if r["pid"] else f"{r['session']} (launching)")
             table.add_row(*cells)
         yield table
+        for r in rows:
+            if r.get("gpu_memory_overrun"):
+                yield Text(f"⚠ {r['id']} GPU memory overrun: {r['gpu_memory_overrun']}",
+                           style="bold red", no_wrap=True, overflow="ellipsis")
 
     def _queue(self, wide: bool, limit: int) -> Iterator[RenderableType]:
         q = self.view["queue"]
@@ -382,6 +389,28 @@ class StatusScreen:
                 format_duration(r["wait_s"]),
                 r["why"],
             )
+        yield table
+
+    def _tenants(self) -> Iterator[RenderableType]:
+        """Per-tenant use and quota, when several tenants share the machine or one is capped."""
+        tenants = self.view.get("tenants") or []
+        if len(tenants) < 2 and not any(t["max_gpus"] is not None for t in tenants):
+            return
+        yield self._count_title("Tenants", len(tenants), len(tenants))
+        table = LineTable(
+            ("tenant", {}),
+            ("run", {"justify": "right"}),
+            ("wait", {"justify": "right"}),
+            ("GPUs held", {"justify": "right"}),
+            ("quota", {"justify": "right"}),
+            ("weight", {"justify": "right"}),
+            ("recent use", {"justify": "right", "ratio": 1}),
+        )
+        for t in tenants:
+            quota = "-" if t["max_gpus"] is None else f"{t['max_gpus']:g}"
+            table.add_row(t["name"], str(t["running"]), str(t["pending"]),
+                          f"{t['running_share']:g}", quota, f"{t['weight']:g}",
+                          f"{t['usage_gpu_s'] / 3600:.1f} GPU-h")
         yield table
 
     def _finished(self, wide: bool, limit: int) -> Iterator[RenderableType]:
