@@ -63,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--all", action="store_true", help="include archived history")
 
+    p = sub.add_parser("metrics", help="job counts, wait/run times, throughput, GPU share and use")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the documented JSON object")
+
+    p = sub.add_parser("health", help="daemon, state, GPUs, screen, disk; exit 0 ok/1 degraded/2 down")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="print the documented JSON object")
+
     p = sub.add_parser("add", help="append a correctly quoted line to jobs.txt")
     _config_arg(p)
     p.add_argument("script")

@@ -14,7 +14,7 @@ from typing import Any
 
 from gpu_scheduler.cli import config_path
 from gpu_scheduler.config import Settings, load_settings
-from gpu_scheduler.errors import ControlError, GpuSchedulerError
+from gpu_scheduler.errors import ControlError, GpuSchedulerError, StateFileError
 from gpu_scheduler.paths import DaemonPaths
 
 
@@ -42,8 +42,13 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StateLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        make_state_folder(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateFileError(
+                f"cannot create the lock file {self.path}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,6 +67,22 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def make_state_folder(folder: Path) -> None:
+    """Create the folder that holds the state file, or say plainly why it cannot be used."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        problem = "" if folder.is_dir() else "it exists but is not a folder"
+    except FileExistsError:
+        problem = "it exists but is not a folder"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem:
+        raise StateFileError(
+            f"cannot use {folder} as the state folder: {problem}; "
+            "set files.state_file in the config to a path in a writable folder"
+        )
 
 
 def make_launcher(mode: str, settings: Settings):  # type: ignore[no-untyped-def]
@@ -156,7 +177,7 @@ def _start_detached(args: argparse.Namespace, settings: Settings) -> int:
             argv += [flag, value]
     if args.reset_state:
         argv.append("--reset-state")
-    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    make_state_folder(paths.state_dir)
     err_path = paths.state_dir / "daemon.stderr"
     with open(err_path, "wb") as err:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -201,13 +222,11 @@ def _daemon_pid(paths: DaemonPaths) -> int | None:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """A zombie counts as gone: a daemon whose parent has not reaped it yet (a supervisor,
+    a container's pid 1, a test) has exited all the same."""
+    from gpu_scheduler.adapters import processes
+
+    return processes.is_alive(pid, None)
 
 
 # ---------------------------------------------------------------------------- requests
@@ -253,15 +272,17 @@ from gpu_scheduler.cli_views import (  # noqa: E402
     cmd_add,
     cmd_attach,
     cmd_config_sample,
+    cmd_health,
     cmd_list_jobs,
     cmd_logs,
+    cmd_metrics,
     cmd_screens,
     cmd_status,
     cmd_validate,
 )
 
 __all__ = [
-    "ControlError", "cmd_add", "cmd_attach", "cmd_cancel_job", "cmd_config_sample",
-    "cmd_list_jobs", "cmd_logs", "cmd_pause_gpu", "cmd_resume_gpu", "cmd_retry", "cmd_screens",
-    "cmd_start", "cmd_status", "cmd_stop", "cmd_validate",
+    "ControlError", "cmd_add", "cmd_attach", "cmd_cancel_job", "cmd_config_sample", "cmd_health",
+    "cmd_list_jobs", "cmd_logs", "cmd_metrics", "cmd_pause_gpu", "cmd_resume_gpu", "cmd_retry",
+    "cmd_screens", "cmd_start", "cmd_status", "cmd_stop", "cmd_validate",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from gpu_scheduler.cli import config_path, print_json
 from gpu_scheduler.config import Settings, load_settings
 from gpu_scheduler.core.model import Job, Running
-from gpu_scheduler.errors import GpuSchedulerError
+from gpu_scheduler.errors import GpuSchedulerError, StateFileError
 from gpu_scheduler.paths import DaemonPaths
 
 
@@ -51,34 +52,130 @@ def _find_job(settings: Settings, key: str) -> Job:
     return hits[-1]
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _status_view(settings: Settings):  # type: ignore[no-untyped-def]
+    """The status view (status.build_view) of the state file as it is now."""
     from gpu_scheduler import status
 
-    settings = load_settings(config_path(args))
-    if args.watch:
-        return status.watch(lambda: load_view(settings), args.interval, args.detailed)
     saved, alive = load_view(settings)
-    view = status.build_view(saved, alive, time.time())
-    if args.json:
-        print_json(view)
+    return status.build_view(saved, alive, time.time(),
+                             default_timeout_s=settings.scheduler.job_timeout_s)
+
+
+def _state_stamp(settings: Settings) -> object:
+    """Changes whenever the daemon saves (it replaces the file by rename: a new inode)."""
+    try:
+        st = settings.files.state_file.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _emit_json(data: object) -> None:
+    """Indented on a terminal (for people), one compact line when piped (for scripts and jq:
+    several times faster for 10,000 jobs, since only compact JSON uses the C encoder)."""
+    if sys.stdout.isatty():
+        print_json(data)
     else:
-        status.print_status(view, detailed=args.detailed)
+        sys.stdout.write(json.dumps(data, separators=(",", ":"), default=str) + "\n")
+
+
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = load_settings(config_path(args))
+    if args.watch and args.json:
+        print("gpu-scheduler: status: --watch and --json do not go together", file=sys.stderr)
+        return 2
+    if args.watch:
+        from gpu_scheduler.status_watch import watch
+
+        return watch(lambda: _status_view(settings), interval=max(0.1, args.interval),
+                     detailed=args.detailed, stamp=lambda: _state_stamp(settings))
+    view = _status_view(settings)
+    if args.json:
+        _emit_json(view)
+    else:
+        from gpu_scheduler.status_render import StatusScreen
+
+        _console().print(StatusScreen(view, detailed=args.detailed))
     return 0
+
+
+def _live_overruns(settings: Settings) -> dict[str, str]:
+    """The daemon's current GPU memory overruns (job id -> what), from the state file."""
+    from gpu_scheduler.adapters.store import StateStore
+
+    saved = StateStore(settings.files.state_file).read_only_snapshot()
+    found = saved.observed.get("overruns") if saved is not None else None
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def cmd_list_jobs(args: argparse.Namespace) -> int:
-    from gpu_scheduler import status
+    from gpu_scheduler.status import job_row
 
     settings = load_settings(config_path(args))
     jobs = _all_jobs(settings, include_history=args.all)
-    rows = [status.job_row(j, time.time()) for j in sorted(jobs, key=lambda j: j.seq)]
-    if args.status:
-        rows = [r for r in rows if r["state"] == args.status]
+    now, timeout = time.time(), settings.scheduler.job_timeout_s
+    overruns = _live_overruns(settings)
+    rows = [job_row(j, now, timeout, str(overruns.get(j.job_id, "")))
+            for j in sorted(jobs, key=lambda j: j.seq)
+            if not args.status or j.state == args.status]
     if args.json:
-        print_json(rows)
+        _emit_json(rows)
     else:
-        status.print_job_table(rows)
+        from gpu_scheduler.report_render import job_table
+
+        _console().print(job_table(rows))
     return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from gpu_scheduler.adapters.store import StateStore
+    from gpu_scheduler.status import archived_by_state, metrics_view
+
+    settings = load_settings(config_path(args))
+    saved, alive = load_view(settings)
+    archived = archived_by_state(saved.observed) if saved is not None else None
+    if archived is None and saved is not None:  # an older daemon: count the history itself
+        states = StateStore(settings.files.state_file).history_states()
+        archived = {}
+        for state in states.values():
+            archived[state] = archived.get(state, 0) + 1
+    figures = metrics_view(saved, alive, time.time(), archived)
+    if args.json:
+        _emit_json(figures)
+    else:
+        from gpu_scheduler.report_render import render_metrics
+
+        _console().print(render_metrics(figures))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit status 0 healthy, 1 degraded, 2 down (for cron and systemd)."""
+    from gpu_scheduler.health import gather
+
+    settings = load_settings(config_path(args))
+    try:
+        view, problem = _status_view(settings), ""
+    except StateFileError as exc:  # unreadable state: report it as a failed check, not a crash
+        from gpu_scheduler.adapters.control import is_daemon_listening
+        from gpu_scheduler.status import build_view
+
+        alive = is_daemon_listening(_paths(settings).control_socket)
+        view, problem = build_view(None, alive, time.time()), str(exc)
+    report = gather(settings, view, problem)
+    if args.json:
+        _emit_json(report)
+    else:
+        from gpu_scheduler.report_render import render_health
+
+        _console().print(render_health(report))
+    return int(report["exit_code"])
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -106,7 +203,10 @@ def cmd_add(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             options[key] = str(getattr(args, key))
     script = str(Path(args.script).resolve()) if not os.path.isabs(args.script) else args.script
-    line = format_line(args.priority, script, args.env, argv, args.gpus, options)
+    try:
+        line = format_line(args.priority, script, args.env, argv, args.gpus, options)
+    except ValueError as exc:  # a bad --timeout, --name or --gpus: say which, no traceback
+        raise GpuSchedulerError(str(exc)) from None
     parsed = parse_jobs(line + "\n", str(target))
     if parsed.errors:
         raise GpuSchedulerError(str(parsed.errors[0]))
@@ -184,7 +284,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from gpu_scheduler.config import check_config
-    from gpu_scheduler.jobsource import JobSource
+    from gpu_scheduler.jobsource import JobSource, with_dependencies
     from gpu_scheduler.llmconfig import check_llm_config
 
     settings, config_errors = check_config(config_path(args))
@@ -196,9 +296,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
         count = _gpu_count(settings)
         source = JobSource(settings.files.jobs_file, settings.files.llm_config_file,
                            gpu_indices=range(count), precision_unit=settings.gpu.precision_unit,
-                           allowed_script_paths=settings.security.allowed_script_paths)
+                           allowed_script_paths=settings.security.allowed_script_paths,
+                           tenant_caps={n: r.max_gpus for n, r in settings.tenants.items()})
         source.reload_llm()
-        result = source.read(include_partial=True)
+        try:  # after= may name jobs that already ran (their lines may be gone)
+            known = _all_jobs(settings, include_history=True)
+        except StateFileError as exc:
+            known = []
+            problems.append(f"(jobs that already ran are not known: {exc})")
+        result = with_dependencies(
+            source.read(include_partial=True),
+            {j.spec.name: j.job_id for j in known if j.spec.name},
+            {j.job_id for j in known},
+        )
         jobs = len(result.jobs)
         problems += [str(e) for e in result.errors if e not in source.llm_errors]
     for problem in problems:

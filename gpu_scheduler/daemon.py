@@ -12,10 +12,13 @@ starting them again. Exits need no write-ahead: the runner's exit record survive
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import signal
 import socket
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +37,28 @@ from gpu_scheduler.adapters.launchers import Launcher, LaunchRequest
 from gpu_scheduler.adapters.store import SavedState, StateStore
 from gpu_scheduler.config import Settings
 from gpu_scheduler.core import codec
-from gpu_scheduler.core.model import Finished, GpuSnapshot, Launch, LineError, Notice, Running, Stop
-from gpu_scheduler.core.recovery import reconcile
-from gpu_scheduler.core.scheduler import Policy, Scheduler
+from gpu_scheduler.core.model import (
+    Finished,
+    GpuSnapshot,
+    Launch,
+    LineError,
+    Notice,
+    Resume,
+    Running,
+    Stop,
+    Suspend,
+)
+from gpu_scheduler.core.recovery import reconcile, resumed_stops
+from gpu_scheduler.core.scheduler import Scheduler
 from gpu_scheduler.core.units import format_share
 from gpu_scheduler.daemon_control import handle_command
-from gpu_scheduler.daemon_records import gather_facts, read_record
+from gpu_scheduler.daemon_records import end_remains, gather_facts, read_record
 from gpu_scheduler.errors import GpuSchedulerError, StateFileError
-from gpu_scheduler.jobsource import JobSource
+from gpu_scheduler.guards import JobGuard, cuda_oom_in_log, insecure_files, trusted_files
+from gpu_scheduler.jobsource import JobSource, jobs_files, with_dependencies
+from gpu_scheduler.metrics import MetricsRecorder, tenant_info
 from gpu_scheduler.paths import DaemonPaths
+from gpu_scheduler.policy import policy_from
 
 log = logging.getLogger("gpu_scheduler.daemon")
 
@@ -57,20 +73,6 @@ def _tree_pids(pid: int) -> set[int]:
         return {pid, *(child.pid for child in root.children(recursive=True))}
     except psutil.Error:
         return set()
-
-
-def policy_from(settings: Settings) -> Policy:
-    return Policy(
-        aging_interval_s=settings.scheduler.aging.interval_s,
-        memory_threshold=settings.gpu.memory_threshold,
-        load_threshold=settings.gpu.load_threshold,
-        max_assignment_attempts=settings.jobs.max_assignment_attempts,
-        assignment_retry_wait_s=settings.jobs.assignment_retry_wait_s,
-        default_timeout_s=settings.scheduler.job_timeout_s,
-        stop_grace_s=settings.scheduler.graceful_shutdown_timeout_s,
-        session_prefix=settings.execution.session_prefix,
-        max_concurrent_jobs=settings.jobs.max_concurrent_jobs,
-    )
 
 
 @dataclass
@@ -103,17 +105,23 @@ class Daemon:
         self.store = store or StateStore(settings.files.state_file)
         self.events: queue.Queue[Event] = queue.Queue()
         self.gpus: tuple[GpuSnapshot, ...] = probe.snapshot()
-        self.scheduler = Scheduler(policy_from(settings), [g.index for g in self.gpus])
+        policy = policy_from(settings)
+        self.scheduler = Scheduler(policy, [g.index for g in self.gpus])
         self.source = JobSource(
             settings.files.jobs_file,
             settings.files.llm_config_file,
             gpu_indices=[g.index for g in self.gpus],
             precision_unit=settings.gpu.precision_unit,
             allowed_script_paths=settings.security.allowed_script_paths,
+            tenant_caps={name: rule.max_gpus for name, rule in settings.tenants.items()},
         )
         self.errors: tuple[LineError, ...] = ()
         self.started_at = self.clock.now()
         self.save_error = ""
+        self.guard = JobGuard.from_settings(settings)  # memory limit, GPU memory overrun
+        self.overruns: dict[str, str] = {}  # job id -> its GPU memory overrun, while it lasts
+        self.metrics = MetricsRecorder(settings.gpu.utilization_window_s,
+                                       settings.gpu.monitor_interval_s, settings.files.metrics_file)
         self._watch_files = watch_files
         self._launches = ThreadPoolExecutor(settings.scheduler.max_workers, "launch")
         self._stops = ThreadPoolExecutor(4, "stop")
@@ -152,14 +160,18 @@ class Daemon:
         else:
             self.scheduler.restore((), (), 0, archived)
         self.source.reload_llm()
-        self._read_jobs(include_partial=False)
+        self._read_jobs(include_partial=self._jobs_write_age() >= self._quiet_s)
         for job_id in self.scheduler.running_ids:
             self._follow(job_id)
+        for stop in resumed_stops(self.scheduler):  # decided before a crash, maybe not done
+            self._carry_out_stop(stop)
         if self._watch_files:
             self._file_watcher = FileWatcher(self.source.watched_paths(), self._on_file_change)
             self._file_watcher.start()
         self._control = ControlServer(self.paths.control_socket, self._on_control)
         self._control.start()
+        for problem in insecure_files(trusted_files(self.settings)):
+            log.warning("%s", problem, extra={"event": "insecure_file"})
         log.info("scheduler started: %d GPUs (%s), mode %s, %d jobs pending, %d running",
                  len(self.gpus), self.probe.name, self.mode, self.scheduler.pending_count(),
                  len(self.scheduler.running_ids), extra={"event": "daemon_started"})
@@ -219,7 +231,9 @@ class Daemon:
             if Path(event.data["path"]) == self.source.llm_config_file:
                 if self.source.reload_llm():
                     log.info("llm_config reloaded", extra={"event": "llm_config_reloaded"})
-            self._read_jobs(include_partial=False)
+            # A last line without newline in a file quiet for long enough is a job already
+            # (see _on_time): leaving it out now would dequeue it and queue it again later.
+            self._read_jobs(include_partial=self._jobs_write_age() >= self._quiet_s)
         elif event.kind == "launched":
             self._on_launched(event, now)
         elif event.kind == "launch_error":
@@ -267,12 +281,21 @@ class Daemon:
         run = job.status
         assert isinstance(run, Running)
         if record.get("state") == "exited":
-            notice = self.scheduler.exited(job_id, int(record["exit_code"]), now)
+            code = int(record["exit_code"])
+            oom = "" if code == 0 or run.stopping else \
+                cuda_oom_in_log(self.paths.log_path(job_id), job_id, attempt)
+            if oom:  # probe again before the next pass: its GPU is held until memory is back
+                self._next_monitor = 0.0
+                log.warning("job %s ran out of GPU memory: %s", job_id, oom,
+                            extra={"event": "cuda_oom", "job_id": job_id})
+            notice = self.scheduler.exited(job_id, code, now, oom=bool(oom))
         elif record.get("state") == "launch_failed":
             notice = self.scheduler.launch_failed(job_id, str(record.get("message")), now)
         elif run.stopping:
             notice = self.scheduler.exited(job_id, 137, now)
         else:
+            if run.pid is not None:  # a killed runner can leave its job running: end it first
+                end_remains(job_id, run.pid, run.pid_started_at)
             notice = self.scheduler.lost(job_id, "its runner ended without an exit record", now)
         self._log_notice(notice)
 
@@ -288,13 +311,18 @@ class Daemon:
     # ------------------------------------------------------------------ reading files
 
     def _read_jobs(self, *, include_partial: bool) -> None:
-        result = self.source.read(include_partial=include_partial)
+        jobs = self.scheduler.jobs
+        result = with_dependencies(
+            self.source.read(include_partial=include_partial),
+            {j.spec.name: j.job_id for j in jobs.values() if j.spec.name},
+            set(jobs) | set(self.scheduler.archived),
+        )
         if result.errors != self.errors:
             for error in set(result.errors) - set(self.errors):
                 log.warning("%s", error, extra={"event": "line_error", "path": error.source})
         self.errors = result.errors
         self._partial_since = self.clock.monotonic() if result.partial else None
-        for notice in self.scheduler.sync(result.jobs, self.clock.now()):
+        for notice in self.scheduler.sync(result.jobs, self.clock.now(), result.deps):
             self._log_notice(notice)
 
     # ------------------------------------------------------------------ time
@@ -320,7 +348,13 @@ class Daemon:
         mono, now = self.clock.monotonic(), self.clock.now()
         if self._partial_since is not None and mono - self._last_file_event >= self._quiet_s \
                 and mono - self._partial_since >= self._quiet_s:
-            self._read_jobs(include_partial=True)
+            # The watcher holds back events while a file keeps changing, so "no event for
+            # 0.3 s" is not "quiet": ask the file itself when it was last written.
+            age = self._jobs_write_age()
+            if age < self._quiet_s:
+                self._partial_since = mono - age
+            else:
+                self._read_jobs(include_partial=True)
         if mono >= self._next_monitor:
             self._next_monitor = mono + self.settings.gpu.monitor_interval_s
             self._monitor(now)
@@ -329,6 +363,16 @@ class Daemon:
                         extra={"event": "timeout", "job_id": stop.job_id})
             self._carry_out_stop(stop)
 
+    def _jobs_write_age(self) -> float:
+        """Seconds since the newest write to a jobs file (file times are wall-clock times;
+        a time in the future, e.g. clock skew, counts as long ago so nothing waits for it)."""
+        newest = float("-inf")
+        for path in jobs_files(self.source.jobs_file):
+            with contextlib.suppress(OSError):
+                newest = max(newest, path.stat().st_mtime)
+        age = time.time() - newest
+        return age if age >= 0 else float("inf")
+
     def _monitor(self, now: float) -> None:
         """The slow tick: GPU snapshot, our processes, and a check of every running job."""
         try:
@@ -336,6 +380,7 @@ class Daemon:
         except Exception as exc:  # a probe must not take the loop down
             log.error("GPU probe failed: %s", exc, extra={"event": "probe_error"})
         pids: set[int] = set()
+        trees: dict[str, set[int]] = {}
         for job_id in self.scheduler.running_ids:
             run = self.scheduler.jobs[job_id].status
             if not isinstance(run, Running) or run.pid is None:
@@ -343,9 +388,24 @@ class Daemon:
             if not processes.is_alive(run.pid, run.pid_started_at):
                 self.events.put(Event("exit", job_id, self.scheduler.jobs[job_id].attempts))
                 continue
-            pids.update(_tree_pids(run.pid))
+            trees[job_id] = _tree_pids(run.pid)
+            pids.update(trees[job_id])
         self._own_pids = frozenset(pids)
+        self._enforce_limits(now, trees)
+        self.metrics.sample(now, self.gpus, self.scheduler, self.info(now), self.scheduler.paused)
         self._dirty = True
+
+    def _enforce_limits(self, now: float, trees: dict[str, set[int]]) -> None:
+        """Host memory limit and GPU memory overrun (see guards): log, and stop if so set."""
+        found = self.guard.check(self.scheduler.jobs, trees, self.gpus)
+        self.overruns = found.overruns
+        for job_id, overrun in found.new_overruns.items():
+            log.warning("job %s GPU memory overrun: %s", job_id, overrun,
+                        extra={"event": "gpu_memory_overrun", "job_id": job_id})
+        for job_id, reason in found.stops:
+            log.warning("job %s: %s; stopping it", job_id, reason,
+                        extra={"event": "limit_exceeded", "job_id": job_id})
+            self._carry_out_stop(self.scheduler.request_stop(job_id, "memory", now, reason))
 
     # ------------------------------------------------------------------ actions
 
@@ -353,6 +413,14 @@ class Daemon:
         if self.save_error:
             return
         report = self.scheduler.schedule(self.gpus, self.clock.now(), self._own_pids)
+        for notice in report.notices:  # backlog lines taken into the queue
+            self._log_notice(notice)
+        for action in report.actions:  # preemptions decided by the pass
+            self._dirty = True
+            if isinstance(action, Stop):
+                self._carry_out_stop(action)
+            else:
+                self._freeze(action)
         if not report.launches:
             return
         self._dirty = True
@@ -416,6 +484,18 @@ class Daemon:
             started_at=run.pid_started_at,
         )
 
+    def _freeze(self, action: Suspend | Resume) -> None:
+        """SIGSTOP (suspend) or SIGCONT (resume) a preempted job's whole process tree."""
+        job = self.scheduler.jobs[action.job_id]
+        run = job.status
+        if not isinstance(run, Running) or run.pid is None:
+            return
+        sig = signal.SIGSTOP if isinstance(action, Suspend) else signal.SIGCONT
+        processes.signal_tree(run.pid, sig, run.pid_started_at)
+        verb = "suspended" if isinstance(action, Suspend) else "resumed"
+        log.info("%s %s %s", verb, job.spec.label, getattr(action, "detail", ""),
+                 extra={"event": verb, "job_id": job.job_id})
+
     def _carry_out_stop(self, stop: Stop) -> None:
         job = self.scheduler.jobs[stop.job_id]
         run = job.status
@@ -458,6 +538,7 @@ class Daemon:
                 log.error("CANNOT SAVE STATE, no new jobs will be launched: %s", exc,
                           extra={"event": "state_save_failed"})
             self.save_error = str(exc)
+            self._last_save = self.clock.monotonic()  # retry at the save interval, not in a spin
             return False
         if self.save_error:
             log.warning("state saved again; launching resumes", extra={"event": "state_saved"})
@@ -497,6 +578,11 @@ class Daemon:
                 "pending": self.scheduler.pending_count(),
                 "archived": len(self.scheduler.archived),
                 "save_error": self.save_error,
+                "overruns": dict(self.overruns),  # job id -> GPU memory beyond its share
+                "backlog": len(self.scheduler.backlog),  # new lines waiting for queue room
+                "oom_holds": {str(g): mib for g, mib in self.scheduler.oom_holds.items()},
+                "metrics": self.metrics.summary(self.scheduler),  # GPU samples, history counts
+                "tenants": tenant_info(self.scheduler),  # weight, quota, fair-share usage
             },
         )
 
@@ -513,11 +599,13 @@ class Daemon:
             "config": str(self.settings.config_path),
             "screen_dir": str(self.settings.execution.screen_dir or ""),
             "stopping": self.stopping,
+            "save_error": self.save_error,
         }
 
     def _log_notice(self, notice: Notice) -> None:
         level = logging.WARNING if notice.event in {
-            "failed", "launch_failed", "requeued", "launch_retry", "timed_out", "killed"
+            "failed", "launch_failed", "requeued", "launch_retry", "timed_out", "killed",
+            "oom_requeued", "queue_full",
         } else logging.INFO
         log.log(level, "%s %s: %s", notice.event, notice.job_id, notice.message,
                 extra={"event": notice.event, "job_id": notice.job_id or None,

@@ -55,7 +55,11 @@ def handle_command(daemon: Daemon, request: dict[str, Any], now: float) -> dict[
             daemon._read_jobs(include_partial=True)
             return {"ok": True, "message": "reloaded"}
     except UnknownJob as exc:
-        return {"ok": False, "error": f"no such job: {exc.args[0]}"}
+        key = str(exc.args[0])
+        hits = [j for j in sched.jobs.values() if j.spec.name == key or j.job_id.startswith(key)]
+        if len(hits) > 1:  # Scheduler.find wants exactly one match
+            return {"ok": False, "error": f"{key!r} matches {len(hits)} jobs; give more of the id"}
+        return {"ok": False, "error": f"no such job: {key}"}
     except ValueError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": False, "error": f"unknown command {cmd!r}"}

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import glob
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpu_scheduler.adapters.jobsfile import JobsFileReader
 from gpu_scheduler.core.allocator import never_fits
+from gpu_scheduler.core.dependencies import resolve_dependencies
 from gpu_scheduler.core.llm import LlmTable, resolve_share
 from gpu_scheduler.core.model import JobSpec, LineError
 from gpu_scheduler.errors import JobFileError
@@ -47,6 +48,21 @@ class SourceResult:
     jobs: tuple[tuple[JobSpec, int], ...]
     errors: tuple[LineError, ...]
     partial: bool  # a last line without newline was held back somewhere
+    deps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # id -> ids (after=)
+
+
+def with_dependencies(
+    result: SourceResult, known_names: Mapping[str, str], known_ids: Iterable[str]
+) -> SourceResult:
+    """Resolve ``after=`` across every jobs file; unknown names and cycles become line errors.
+
+    ``known_names``/``known_ids`` are jobs the scheduler remembers whose lines may be gone.
+    The daemon and ``validate`` both go through here, so they agree on what is an error.
+    """
+    shares = {spec.job_id: share for spec, share in result.jobs}
+    resolved = resolve_dependencies([spec for spec, _ in result.jobs], known_names, known_ids)
+    good = tuple((spec, shares[spec.job_id]) for spec in resolved.specs)
+    return SourceResult(good, result.errors + resolved.errors, result.partial, resolved.deps)
 
 
 class JobSource:
@@ -58,8 +74,10 @@ class JobSource:
         gpu_indices: Sequence[int],
         precision_unit: int,
         allowed_script_paths: Sequence[Path] = (),
+        tenant_caps: Mapping[str, float | None] | None = None,
     ) -> None:
         self.jobs_file = jobs_file
+        self.tenant_caps = dict(tenant_caps or {})
         self.llm_config_file = llm_config_file
         self.gpu_indices = tuple(gpu_indices)
         self.unit = precision_unit
@@ -110,6 +128,9 @@ class JobSource:
             for spec in result.specs:
                 share = resolve_share(spec, self.table, self.unit)
                 why = never_fits(share, self.gpu_indices, spec.allowed_gpus)
+                cap = self.tenant_caps.get(spec.tenant)
+                if not why and cap is not None and share > round(cap * 1000):
+                    why = f"share {share / 1000:g} is over tenant {spec.tenant}'s max_gpus ({cap:g})"
                 if why:
                     errors.append(
                         LineError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -43,7 +44,15 @@ JOB_SCRIPT = textwrap.dedent(
     p.add_argument("--llm", default="")
     p.add_argument("--model", default="")
     p.add_argument("--until-file", default="")
+    p.add_argument("--gpu-mib", type=int, default=0)  # simulated GPU memory, on each of its GPUs
     args, rest = p.parse_known_args()
+    if args.gpu_mib:  # report it the way gpu_simulated reads it: procs/<pid>.json, atomically
+        procs = os.path.join(os.environ["GPU_SCHEDULER_SIMULATED_DIR"], "procs")
+        mine = [int(g) for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",")]
+        tmp = os.path.join(procs, f".{os.getpid()}.tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"gpus": mine, "used_mib": args.gpu_mib}, fh)
+        os.replace(tmp, os.path.join(procs, f"{os.getpid()}.json"))
     child = None
     if args.child_sleep:
         child = subprocess.Popen(["sleep", str(args.child_sleep)])
@@ -134,6 +143,71 @@ class DaemonHarness:
         with open(self.jobs_file, "a") as fh:
             for line in lines:
                 fh.write(line + "\n")
+
+    def replace_jobs(self, *lines: str, newline: bool = True) -> None:
+        """Save jobs.txt the way vim does: write a new file beside it, rename it over the old."""
+        text = "\n".join(lines) + ("\n" if newline and lines else "")
+        self._replace(self.jobs_file, text)
+
+    def replace_llm(self, models: dict[str, float], default: float = 1.0) -> None:
+        """Save llm_config.json the way an editor does (new file renamed over the old one)."""
+        self._replace(self.llm_file, json.dumps({"default_requirement": default,
+                                                 "models": models}))
+
+    @staticmethod
+    def _replace(path: Path, text: str) -> None:
+        tmp = path.with_name(f".{path.name}.swp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    def echo_append(self, line: str) -> None:
+        """Append like a shell user does: ``echo 'LINE' >> jobs.txt`` (line without quotes)."""
+        assert "'" not in line
+        subprocess.run(["sh", "-c", f"echo '{line}' >> {self.jobs_file}"], check=True)
+
+    def write_raw(self, text: str) -> None:
+        """Append raw text to jobs.txt (no newline added): a half-written line."""
+        with open(self.jobs_file, "a") as fh:
+            fh.write(text)
+
+    def job_with(self, tag: str, jobs: dict[str, Job] | None = None) -> Job | None:
+        """The job whose arguments hold ``tag`` (tests mark lines with ``--tag NAME``)."""
+        jobs = self.jobs() if jobs is None else jobs
+        hits = [j for j in jobs.values() if tag in j.spec.args]
+        assert len(hits) <= 1, f"{len(hits)} jobs carry {tag}"
+        return hits[0] if hits else None
+
+    def wait_tag(self, tag: str, state: str, timeout: float = 20) -> Job:
+        """Wait until the job tagged ``tag`` is in ``state`` (running: with its pid known)."""
+
+        def ready() -> Job | None:
+            job = self.job_with(tag)
+            if job is None or job.state != state:
+                return None
+            if state == "running" and getattr(job.status, "pid", None) is None:
+                return None
+            return job
+
+        return wait_until(ready, timeout=timeout, interval=0.05, what=f"job {tag} {state}")
+
+    def records_with(self, tag: str) -> list[dict[str, Any]]:
+        """What the job processes of the line tagged ``tag`` recorded (one per run)."""
+        return [r for r in self.records() if tag in r["rest"]]
+
+    def overcommit(self, jobs: dict[str, Job] | None = None) -> dict[int, int]:
+        """Per-GPU milli-GPU held by running jobs in the saved state; fails above one GPU."""
+        jobs = self.jobs() if jobs is None else jobs
+        used: dict[int, int] = {}
+        for job in jobs.values():
+            if job.state == "running" and not job.status.suspended:  # type: ignore[union-attr]
+                for gpu in job.status.gpus:  # type: ignore[union-attr]
+                    used[gpu] = used.get(gpu, 0) + job.status.share_per_gpu  # type: ignore[union-attr]
+        assert all(v <= 1000 for v in used.values()), f"over-committed GPUs: {used}"
+        return used
+
+    def scheduler_log(self) -> str:
+        path = self.root / "scheduler.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def records(self) -> list[dict[str, Any]]:
         """What the job processes recorded, in the order they started."""
