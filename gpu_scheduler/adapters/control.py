@@ -264,29 +264,15 @@ class ControlServer:
     def _read_request(self, conn: socket.socket) -> bytes | None:
         """One request line without its newline; None if the client closed without sending
         anything. A request cut short by EOF (no newline) is taken as complete."""
-        too_slow = f"no complete request within {REQUEST_TIMEOUT_S:g} s"
         deadline = time.monotonic() + REQUEST_TIMEOUT_S
-        buf = bytearray()
-        while b"\n" not in buf and len(buf) <= MAX_REQUEST_BYTES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _BadRequest(too_slow)
-            conn.settimeout(remaining)
-            try:
-                chunk = conn.recv(65536)
-            except TimeoutError:
-                raise _BadRequest(too_slow) from None
-            except ConnectionResetError:
-                chunk = b""
-            if not chunk:
-                if not buf:
-                    return None
-                break
-            buf += chunk
-        line = bytes(buf).split(b"\n", 1)[0]
-        if len(line) > MAX_REQUEST_BYTES:
-            raise _BadRequest(f"request too long (the limit is {MAX_REQUEST_BYTES} bytes)")
-        return line
+        try:
+            return _recv_line(conn, deadline, MAX_REQUEST_BYTES)
+        except TimeoutError:
+            raise _BadRequest(f"no complete request within {REQUEST_TIMEOUT_S:g} s") from None
+        except _TooLong:
+            raise _BadRequest(
+                f"request too long (the limit is {MAX_REQUEST_BYTES} bytes)"
+            ) from None
 
     def _answer(self, raw: bytes) -> bytes:
         try:
@@ -369,28 +355,18 @@ def send_command(socket_path: Path, command: dict, *, timeout_s: float = 2.0) ->
 
 
 def _read_reply(sock: socket.socket, deadline: float, too_slow: str, path: Path) -> dict:
-    buf = bytearray()
-    while b"\n" not in buf:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ControlError(too_slow)
-        sock.settimeout(remaining)
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            raise ControlError(too_slow) from None
-        except ConnectionResetError:
-            chunk = b""
-        except OSError as exc:
-            raise ControlError(f"lost the connection to the daemon at {path}: {exc}") from None
-        if not chunk:
-            if not buf:
-                raise ControlError(f"the daemon at {path} closed the connection without answering")
-            break
-        buf += chunk
-        if len(buf) > MAX_REPLY_BYTES:
-            raise ControlError(f"the daemon's answer is too long (over {MAX_REPLY_BYTES} bytes)")
-    line = bytes(buf).split(b"\n", 1)[0]
+    try:
+        line = _recv_line(sock, deadline, MAX_REPLY_BYTES)
+    except TimeoutError:
+        raise ControlError(too_slow) from None
+    except _TooLong:
+        raise ControlError(
+            f"the daemon's answer is too long (over {MAX_REPLY_BYTES} bytes)"
+        ) from None
+    except OSError as exc:
+        raise ControlError(f"lost the connection to the daemon at {path}: {exc}") from None
+    if line is None:
+        raise ControlError(f"the daemon at {path} closed the connection without answering")
     try:
         reply: Any = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -398,3 +374,34 @@ def _read_reply(sock: socket.socket, deadline: float, too_slow: str, path: Path)
     if not isinstance(reply, dict):
         raise ControlError(f"garbled answer from the daemon at {path}: not a JSON object")
     return reply
+
+
+class _TooLong(Exception):
+    """A line longer than its limit (request or reply)."""
+
+
+def _recv_line(sock: socket.socket, deadline: float, limit: int) -> bytes | None:
+    """Bytes up to the first newline (without it), read before ``deadline``, for both ends of
+    the channel. None when the peer closed without sending anything; a line cut short by EOF
+    counts as complete. Raises TimeoutError at the deadline, _TooLong past ``limit`` bytes."""
+    buf = bytearray()
+    while b"\n" not in buf:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            if not buf:
+                return None
+            break
+        buf += chunk
+        if len(buf) > limit and b"\n" not in buf[: limit + 1]:
+            raise _TooLong
+    line = bytes(buf).split(b"\n", 1)[0]
+    if len(line) > limit:
+        raise _TooLong
+    return line

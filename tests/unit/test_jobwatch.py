@@ -5,24 +5,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gpu_scheduler.adapters.jobwatch import FileWatcher, WatchError
+from tests.helpers import wait_until
 
 WAIT_S = 5.0
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class Recorder:
