@@ -26,8 +26,28 @@ def load_view(settings: Settings):  # type: ignore[no-untyped-def]
     from gpu_scheduler.adapters.store import StateStore
 
     saved = StateStore(settings.files.state_file).read_only_snapshot()
-    alive = is_daemon_listening(_paths(settings).control_socket)
+    socket_path = _paths(settings).control_socket
+    alive = is_daemon_listening(socket_path)
+    if alive and saved is not None:
+        saved = _with_live_save_error(saved, socket_path)
     return saved, alive
+
+
+def _with_live_save_error(saved, socket_path: Path):  # type: ignore[no-untyped-def]
+    """A failing save cannot update the state file, so ask the daemon whether it can save."""
+    import dataclasses
+
+    from gpu_scheduler.adapters.control import send_command
+    from gpu_scheduler.errors import ControlError
+
+    try:
+        info = send_command(socket_path, {"cmd": "ping"}, timeout_s=1.0).get("daemon") or {}
+    except ControlError:
+        return saved
+    error = str(info.get("save_error") or "")
+    if error == str(saved.observed.get("save_error") or ""):
+        return saved
+    return dataclasses.replace(saved, observed={**saved.observed, "save_error": error})
 
 
 def _all_jobs(settings: Settings, include_history: bool) -> list[Job]:

@@ -246,11 +246,6 @@ def test_failing_saves_stop_launching_loudly_and_launching_resumes(
     assert "Traceback" not in d.daemon_output()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="status reads only the state file, which a failing save "
-    "cannot update; it should ask the running daemon (ping carries save_error)",
-)
 def test_status_shows_that_saves_are_failing(make_daemon: Callable[..., DaemonHarness]) -> None:
     d = make_daemon("direct")
     d.start()
