@@ -35,7 +35,7 @@ except ImportError:  # not CPython
 TYPE_CHECKING = False  # (typing.TYPE_CHECKING would import typing: ~5 ms per job start)
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any
+    from typing import Any, NoReturn
 
 LAUNCH_FAILED_EXIT = 127
 _SI_KERNEL = 0x80  # si_code of signals sent by the kernel itself, e.g. ^C typed on a tty
@@ -371,5 +371,17 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the runner with ``code`` at once, skipping the interpreter's teardown: ~3 ms of CPU
+    per job on the 2-core test machine, and the daemon sees the exit that much sooner. Nothing
+    is lost: the runner writes with os.write, its records are on disk, its threads are done."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # None, closed, or its pipe is gone
+            pass
+    os._exit(code & 0xFF)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())

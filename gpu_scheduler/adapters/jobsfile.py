@@ -12,24 +12,30 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpu_scheduler.core import jobfile
 from gpu_scheduler.core.model import JobSpec, LineError
 
-# a line's parse result; for a good line also its fingerprint and its fields with the script absolute
-_Parsed = tuple[jobfile.LineFields | tuple[str, str] | None, str | None, jobfile.LineFields | None]
+# a line's parse result; for a good line also its fingerprint and its script as an absolute path
+_Parsed = tuple[jobfile.LineFields | tuple[str, str] | None, str | None, str | None]
 _Problem = tuple[str, str] | None  # (message, expected), or None when the script is fine
 
 
 @dataclass(frozen=True)
 class ReadResult:
-    """One read's jobs and errors, in line order. ``partial_line``: a last line was held back."""
+    """One read's jobs and errors, in line order. ``partial_line``: a last line was held back.
+
+    ``unchanged_specs``: the first that many ``specs`` are the very same objects, in the same
+    order, as the previous read's (lines were only appended, and no script check changed), so
+    a caller may keep whatever it worked out for them and look at the rest only.
+    """
 
     specs: tuple[JobSpec, ...]
     errors: tuple[LineError, ...]
     partial_line: bool = False
+    unchanged_specs: int = field(default=0, compare=False)  # how, not what: not compared
 
 
 class JobsFileReader:
@@ -53,6 +59,7 @@ class JobsFileReader:
         self.allowed_script_paths = tuple(Path(p) for p in allowed_script_paths)
         self._folder = os.path.abspath(self.path.parent)
         self._cache: dict[str, _Parsed] = {}
+        self._absolutes: dict[str, str] = {}  # script as written -> absolute (few distinct ones)
         self._reset()
 
     def _reset(self) -> None:
@@ -99,14 +106,14 @@ class JobsFileReader:
         if include_partial and tail.strip():
             tail_item = self._item(self._decode(tail + b"\n")[0], self._line_total + 1, count=False)
         checks = self._check_scripts(tail_item)
-        self._update_outputs(checks)
+        unchanged = self._update_outputs(checks)
         specs, errors = tuple(self._out_specs), tuple(self._out_errors)
         if tail_item is not None:
             more_specs: list[JobSpec] = []
             more_errors: list[LineError] = []
             self._emit(tail_item, checks, more_specs, more_errors)
             specs, errors = specs + tuple(more_specs), errors + tuple(more_errors)
-        return ReadResult(specs, errors, bool(tail.strip()) and not include_partial)
+        return ReadResult(specs, errors, bool(tail.strip()) and not include_partial, unchanged)
 
     def _add_lines(self, chunk: bytes, old_cache: dict[str, _Parsed] | None = None) -> None:
         for decoded in self._decode(chunk):
@@ -138,8 +145,11 @@ class JobsFileReader:
         if hit is None:
             parsed = jobfile.parse_fields(text, self.gpu_count)
             if isinstance(parsed, jobfile.LineFields):
-                resolved = replace(parsed, script=self._absolute(parsed.script))
-                hit = (parsed, jobfile.fingerprint(parsed, self.tenant), resolved)
+                hit = (
+                    parsed,
+                    jobfile.fingerprint(parsed, self.tenant),
+                    self._absolute(parsed.script),
+                )
             else:
                 hit = (parsed, None, None)
         self._cache[text] = hit
@@ -160,28 +170,35 @@ class JobsFileReader:
         if bad_bytes:
             message = "line is not valid UTF-8 (bad bytes are shown as \ufffd)"
             return LineError(self.source, line_no, text.strip(), message, "UTF-8 text")
-        parsed, fp, resolved = self._parse(text, old_cache)
+        parsed, fp, script = self._parse(text, old_cache)
         if parsed is None:
             return None
-        if isinstance(parsed, tuple) or fp is None or resolved is None:
+        if isinstance(parsed, tuple) or fp is None or script is None:
             message, expected = parsed if isinstance(parsed, tuple) else ("unparsable line", "")
             return LineError(self.source, line_no, text.strip(), message, expected)
         occurrence = self._seen.get(fp, 0) + 1
         if count:
             self._seen[fp] = occurrence
-            self._scripts.add(resolved.script)
+            self._scripts.add(script)
         return jobfile.make_spec(
-            resolved,
+            parsed,
             source=self.source,
             line_no=line_no,
             text=text,
             tenant=self.tenant,
             occurrence=occurrence,
             fingerprint_hex=fp,  # of the script as written, so moving the file keeps the ids
+            script=script,
         )
 
     def _absolute(self, script: str) -> str:
-        return os.path.normpath(os.path.join(self._folder, os.path.expanduser(script)))
+        found = self._absolutes.get(script)
+        if found is None:
+            if len(self._absolutes) >= 4096:  # a file of all-different scripts: stay bounded
+                self._absolutes.clear()
+            found = os.path.normpath(os.path.join(self._folder, os.path.expanduser(script)))
+            self._absolutes[script] = found
+        return found
 
     # ------------------------------------------------------------------------- script checks
 
@@ -211,14 +228,17 @@ class JobsFileReader:
             )
         return None
 
-    def _update_outputs(self, checks: dict[str, _Problem]) -> None:
-        """Items after script checks; keeps the last read's lists when no old script's check changed."""
+    def _update_outputs(self, checks: dict[str, _Problem]) -> int:
+        """Items after script checks; keeps the last read's lists when no old script's check
+        changed. Returns how many specs were kept (the previous read's, before any tail)."""
         if any(checks.get(s) != c for s, c in self._out_checks.items()):
             self._out_specs, self._out_errors, self._out_count = [], [], 0
+        kept = len(self._out_specs)
         for item in self._items[self._out_count :]:
             self._emit(item, checks, self._out_specs, self._out_errors)
         self._out_count = len(self._items)
         self._out_checks = {s: checks[s] for s in self._scripts}
+        return kept
 
     def _emit(
         self,

@@ -104,7 +104,7 @@ class Launcher(Protocol):
 # cannot shadow the standard library.
 _RUNNER_CODE = (
     f"import sys; sys.path.append({str(RUNNER_PATH.parents[1])!r}); "
-    "from gpu_scheduler.runner import main; sys.exit(main())"
+    "from gpu_scheduler.runner import exit_now, main; exit_now(main())"
 )
 
 

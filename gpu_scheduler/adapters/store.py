@@ -201,6 +201,8 @@ def _decode(raw: bytes) -> SavedState:
 
 def _first_duplicate(jobs: Sequence[Job]) -> str:
     """A job id given twice would be scheduled twice: report it instead of guessing."""
+    if len({job.spec.job_id for job in jobs}) == len(jobs):  # every save: the common case first
+        return ""
     seen: dict[str, int] = {}
     for i, job in enumerate(jobs):
         if job.job_id in seen:
@@ -211,11 +213,18 @@ def _first_duplicate(jobs: Sequence[Job]) -> str:
 
 # ensure_ascii (the default): a lone surrogate (an undecodable file name) still round-trips
 _dumps = functools.partial(json.dumps, separators=(",", ":"), allow_nan=False)
-_Encoded = dict[int, tuple[Job, str]]  # id(job) -> (that job, its JSON)
+_Encoded = dict[int, tuple[Job, bytes]]  # id(job) -> (that job, its JSON)
 
 
 def _encode(state: SavedState, previous: _Encoded) -> tuple[bytes, _Encoded]:
-    """Compact JSON, header keys first (``head -c 300`` shows them), jobs last.
+    """The whole file's bytes (see ``_encode_parts``)."""
+    chunks, encoded = _encode_parts(state, previous)
+    return b"".join(chunks), encoded
+
+
+def _encode_parts(state: SavedState, previous: _Encoded) -> tuple[list[bytes], _Encoded]:
+    """Compact JSON, header keys first (``head -c 300`` shows them), jobs last, in three chunks
+    to be written one after the other (gluing them would copy the whole file twice more).
 
     Jobs are frozen, so one that is the very same object as at the last save has the same JSON:
     a tick that touches 3 of 10,000 pending jobs encodes 3. Raises TypeError or ValueError on
@@ -232,10 +241,12 @@ def _encode(state: SavedState, previous: _Encoded) -> tuple[bytes, _Encoded]:
     parts = []
     for job in state.jobs:
         hit = previous.get(id(job))
-        text = hit[1] if hit is not None and hit[0] is job else _dumps(codec.job_to_dict(job))
-        encoded[id(job)] = (job, text)
-        parts.append(text)
-    return (_dumps(head)[:-1] + ',"jobs":[' + ",".join(parts) + "]}").encode("ascii"), encoded
+        if hit is None or hit[0] is not job:
+            hit = (job, _dumps(codec.job_to_dict(job)).encode("ascii"))
+        encoded[id(job)] = hit
+        parts.append(hit[1])
+    opening = (_dumps(head)[:-1] + ',"jobs":[').encode("ascii")
+    return [opening, b",".join(parts), b"]}"], encoded
 
 
 # ----------------------------------------------------------------------------- small OS helpers
@@ -356,7 +367,7 @@ class StateStore:
         if problem:  # load would refuse this file: keep the old one instead
             raise StateFileError(f"{self.path}: refusing to save a broken state: {problem}")
         try:
-            data, self._encoded = _encode(state, self._encoded)
+            chunks, self._encoded = _encode_parts(state, self._encoded)
         except (TypeError, ValueError) as exc:  # a NaN time, a non-JSON value in observed
             raise StateFileError(f"{self.path}: cannot save the scheduler state: {exc}") from exc
         folder = self.path.parent
@@ -371,7 +382,8 @@ class StateStore:
             tmp = self._temp_name("new")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                _write_all(fd, data)
+                for chunk in chunks:
+                    _write_all(fd, chunk)
                 os.fsync(fd)
             finally:
                 os.close(fd)

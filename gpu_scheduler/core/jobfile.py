@@ -16,6 +16,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _json_string
 
 from gpu_scheduler.core.model import JobSpec, LineError
 from gpu_scheduler.core.units import format_share, share_from_gpus
@@ -44,6 +45,7 @@ _NUMBER = re.compile(r"[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12}")
 _ENV = re.compile(r"[A-Za-z0-9_.-]+")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _GPU = re.compile(r"([0-9]+)(?:-([0-9]+))?")
+_LAST_SPLIT = re.compile(r"[,\s]+")
 _DURATION = re.compile("".join(f"(?:({_NUMBER.pattern}){unit})?" for unit in "dhms"))
 _MAX_GPU_INDEX = 4095  # guards against `0-999999` expanding into a huge tuple
 _LLM_FLAGS = ("--llm", "--model")
@@ -86,6 +88,9 @@ class _Options:
     retries: int = 0
     after: tuple[str, ...] = ()
     given: set[str] = field(default_factory=set)
+
+
+_NO_LAST: tuple[None, _Options] = (None, _Options())  # a line without a last field (shared)
 
 
 @dataclass(frozen=True)
@@ -184,11 +189,28 @@ def _option(key: str, value: str, out: _Options) -> None:
         raise _LineProblem(f"bad value for {key}: {value!r}", _OPTION_EXPECTED[key]) from None
 
 
+# _last_field's answers by (text, gpu_count): most lines of a big file share their last field
+# ("gpus=0.25", "0-3 timeout=2h"), and it is a pure function. Bounded; a miss costs a lookup.
+_LAST_FIELDS: dict[tuple[str, int | None], tuple[tuple[int, ...] | None, _Options]] = {}
+_LAST_FIELDS_MAX = 4096
+
+
 def _last_field(text: str, gpu_count: int | None) -> tuple[tuple[int, ...] | None, _Options]:
-    """GPU tokens and ``key=value`` options, in any order, separated by commas or spaces."""
+    """GPU tokens and ``key=value`` options, in any order, separated by commas or spaces.
+    The ``_Options`` returned may be shared with other callers: read it, never change it."""
+    found = _LAST_FIELDS.get((text, gpu_count))
+    if found is None:
+        found = _read_last_field(text, gpu_count)  # a bad field raises: never remembered
+        if len(_LAST_FIELDS) >= _LAST_FIELDS_MAX:
+            _LAST_FIELDS.clear()
+        _LAST_FIELDS[(text, gpu_count)] = found
+    return found
+
+
+def _read_last_field(text: str, gpu_count: int | None) -> tuple[tuple[int, ...] | None, _Options]:
     gpu_tokens: list[str] = []
     options = _Options()
-    for tok in re.split(r"[,\s]+", text.strip()):
+    for tok in _LAST_SPLIT.split(text.strip()):
         if "=" in tok:
             key, _, value = tok.partition("=")
             _option(key, value, options)
@@ -310,9 +332,7 @@ def _parse(text: str, gpu_count: int | None) -> LineFields:
         if not args_quoted and last is not None:
             expected += "; a comma ends the arguments field unless the whole field is double-quoted"
         raise _LineProblem(f"unbalanced quote in the arguments ({exc})", expected) from None
-    gpus, opts = (
-        _last_field(_unquote_last(last), gpu_count) if last is not None else (None, _Options())
-    )
+    gpus, opts = _last_field(_unquote_last(last), gpu_count) if last is not None else _NO_LAST
     return LineFields(
         priority=int(prio_text),
         script=script,
@@ -334,13 +354,62 @@ def _parse(text: str, gpu_count: int | None) -> LineFields:
 def fingerprint(fields: LineFields, tenant: str) -> str:
     """sha256 of the normalised fields and tenant (no occurrence): spacing and option spelling
     (``timeout=90`` vs ``90s``) do not change it; an edit to any value does. Args keep their order.
+
+    The hashed text is ``_canonical_json``: job ids are stored in users' state files, so it must
+    never change. ``_canonical_fast`` writes the same text ~4x faster for the values the parser
+    produces (the cold read of a 100,000-line file spent a third of its time in json.dumps).
     """
+    blob = _canonical_fast(fields, tenant)
+    if blob is None:
+        blob = _canonical_json(fields, tenant)
+    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+
+
+def _canonical_json(fields: LineFields, tenant: str) -> str:
+    """The definition of the hashed text: compact, sorted-key, ASCII-only JSON of the fields."""
     options = {"after": sorted(fields.after), "gpus": fields.share, "name": fields.name}
     options |= {"retries": fields.retries, "timeout": fields.timeout_s}
     canonical = [fields.priority, fields.script, fields.conda_env, fields.args]
     canonical += [fields.allowed_gpus, options, tenant]
-    blob = json.dumps(canonical, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
-    return hashlib.sha256(blob.encode("ascii")).hexdigest()
+    return json.dumps(canonical, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+
+
+def _canonical_fast(f: LineFields, tenant: str) -> str | None:
+    """``_canonical_json`` written out by hand (the option keys are already in sorted order),
+    with json's own C string encoder; None for any value whose JSON it does not spell the
+    same way (a bool or int subclass, a float that is not finite, a non-str string)."""
+    if not (
+        type(f.priority) is int
+        and type(f.script) is str
+        and (f.conda_env is None or type(f.conda_env) is str)
+        and type(tenant) is str
+        and type(f.retries) is int
+        and (f.share is None or type(f.share) is int)
+        and (f.name is None or type(f.name) is str)
+        and (f.allowed_gpus is None or all(type(g) is int for g in f.allowed_gpus))
+        and all(type(a) is str for a in f.args)
+        and all(type(a) is str for a in f.after)
+    ):
+        return None
+    timeout = f.timeout_s
+    if timeout is None:
+        timeout_text = "null"
+    elif type(timeout) is float and math.isfinite(timeout):
+        timeout_text = float.__repr__(timeout)
+    elif type(timeout) is int:
+        timeout_text = int.__repr__(timeout)
+    else:
+        return None
+    s = _json_string
+    env = "null" if f.conda_env is None else s(f.conda_env)
+    gpus = "null" if f.allowed_gpus is None else f"[{','.join(map(str, f.allowed_gpus))}]"
+    share = "null" if f.share is None else str(f.share)
+    name = "null" if f.name is None else s(f.name)
+    return (
+        f"[{f.priority},{s(f.script)},{env},[{','.join(map(s, f.args))}],{gpus},"
+        f'{{"after":[{",".join(map(s, sorted(f.after)))}],"gpus":{share},"name":{name},'
+        f'"retries":{f.retries},"timeout":{timeout_text}}},{s(tenant)}]'
+    )
 
 
 def job_id(fingerprint_hex: str, occurrence: int) -> str:
@@ -357,13 +426,19 @@ def make_spec(
     tenant: str,
     occurrence: int,
     fingerprint_hex: str | None = None,
+    script: str | None = None,
 ) -> JobSpec:
-    """The JobSpec for a parsed line; pass ``fingerprint_hex`` if already computed (a cache)."""
+    """The JobSpec for a parsed line; pass ``fingerprint_hex`` if already computed (a cache).
+
+    ``script`` replaces ``fields.script`` in the spec only (the reader's absolute path); the id
+    still comes from the fields as written, so moving the jobs file keeps the ids.
+    """
     fp = fingerprint_hex if fingerprint_hex is not None else fingerprint(fields, tenant)
     f = fields
     return JobSpec(
         job_id=job_id(fp, occurrence), source=source, line_no=line_no, text=text.strip(),
-        priority=f.priority, script=f.script, conda_env=f.conda_env, args=f.args,
+        priority=f.priority, script=f.script if script is None else script,
+        conda_env=f.conda_env, args=f.args,
         allowed_gpus=f.allowed_gpus, share=f.share, timeout_s=f.timeout_s, name=f.name,
         retries=f.retries, llm=f.llm, after=f.after, tenant=tenant,
     )  # fmt: skip

@@ -152,7 +152,8 @@ def test_hostile_names_and_envs_never_reach_a_session_name(folder: Path) -> None
 def _check_llm(path: Path) -> None:
     table, errors = check_llm_config(path)
     assert (table is None) == bool(errors)
-    lines = path.read_bytes().count(b"\n") + 1
+    # lines as the reader sees them: universal newlines (a lone \r ends a line too)
+    lines = path.read_text(encoding="utf-8", errors="replace").count("\n") + 1
     for error in errors:
         assert isinstance(error, JobFileError)
         assert error.path == str(path) and 0 <= error.line <= lines and error.message
