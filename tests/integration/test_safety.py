@@ -105,9 +105,10 @@ HOG = """\
 import json, os, sys, time
 mb = int(sys.argv[sys.argv.index("--mb") + 1])
 until = sys.argv[sys.argv.index("--until") + 1]
-block = bytearray(b"x") * (mb * 2**20)
+# record first: the limit may stop this process while it is still allocating
 with open(sys.argv[sys.argv.index("--out") + 1], "a") as fh:
     fh.write(json.dumps({"pid": os.getpid(), "rest": sys.argv[1:], "mb": mb}) + "\\n")
+block = bytearray(b"x") * (mb * 2**20)
 deadline = time.time() + 30
 while time.time() < deadline and not os.path.exists(until):
     time.sleep(0.02)
@@ -250,7 +251,9 @@ def test_garbage_on_the_control_socket_is_answered_and_the_daemon_goes_on(
     daemon = make_daemon(mode="direct")
     daemon.jobs_file.chmod(0o664)  # group-writable: anyone in the group can run code as you
     daemon.start()
-    (warning,) = events(daemon, "insecure_file")
+    # the warning is logged during start-up, maybe just after the socket answers: wait for it
+    (warning,) = wait_until(lambda: events(daemon, "insecure_file"), timeout=10,
+                            what="the insecure_file warning")
     assert warning["message"].startswith(f"{daemon.jobs_file} is writable by group")
     for garbage in (b"\xff\xfe\x00 garbage\n", b"[1, 2, 3]\n", b'{"cmd": 42}\n', b"{" * 5000 + b"\n"):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
