@@ -22,13 +22,15 @@ from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from .core import units
 from .errors import ConfigError
+from .schema_precheck import surely_valid
+
+if TYPE_CHECKING:  # jsonschema is imported only for a config that may be wrong (80 ms)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 # The dataclass defaults mirror the schema's (a unit test keeps them equal) so core code and
 # tests can build a section by hand; the loader itself always takes defaults from the schema.
@@ -123,6 +125,7 @@ class SecuritySettings:
 @dataclass(frozen=True)
 class RaySettings:
     address: str = "auto"
+    python: str = "python"  # the interpreter on the Ray nodes that has gpu_scheduler installed
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,8 @@ def _schema() -> dict[str, Any]:
 
 @functools.cache
 def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(_schema())
 
 
@@ -303,8 +308,9 @@ def _problems(data: Any, where: str) -> list[ConfigError]:
     errors = list(_structure_errors(data, where))
     if any(e.message.startswith("nested more than") for e in errors):
         return errors  # validating it would only recurse as deep
-    for error in _validator().iter_errors(data):
-        errors.extend(_readable(error, where))
+    if not surely_valid(data, _schema()):  # only then can jsonschema find anything to say
+        for error in _validator().iter_errors(data):
+            errors.extend(_readable(error, where))
     errors.extend(_precision_errors(data, where))
     unique = {(e.key, e.message): e for e in errors}
     return sorted(unique.values(), key=lambda e: (e.key, e.message))

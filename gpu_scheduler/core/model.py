@@ -230,6 +230,11 @@ class GpuSnapshot:
     healthy: bool = True
     error: str = ""
     uuid: str = ""
+    # A cluster's GPUs belong to nodes: a multi-GPU gang never spans two. "" = this machine.
+    node: str = ""
+    # milli-GPU the cluster manager (Ray) counts as taken on this GPU's whole node, our jobs
+    # included; what is not ours is foreign work. None when there is no such manager.
+    node_used: int | None = None
 
 
 # --------------------------------------------------------------------------- decisions
