@@ -3,19 +3,25 @@
 ``files.jobs_file`` names one file, a folder (every ``*.txt`` in it) or a glob. With one named
 file every job belongs to tenant ``default``; otherwise each file is a tenant named by its stem
 (``jobs/alice.txt`` -> ``alice``), so each person edits their own file.
+
+Re-reading is incremental end to end: each reader re-parses only appended lines, shares are worked
+out only for specs a reader did not keep, and ``read_with_dependencies`` resolves ``after=`` for
+the appended lines only (``AppendResolver``), counting in ``unchanged_jobs`` the leading pairs
+``Scheduler.sync`` may skip. ``with_dependencies(read())`` is the plain path and the reference.
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gpu_scheduler.adapters.jobsfile import JobsFileReader
+from gpu_scheduler.adapters.jobsfile import JobsFileReader, ReadResult
 from gpu_scheduler.core.allocator import never_fits
-from gpu_scheduler.core.dependencies import resolve_dependencies
+from gpu_scheduler.core.dependencies import AppendResolver, resolve_dependencies
 from gpu_scheduler.core.llm import LlmTable, resolve_share
 from gpu_scheduler.core.model import JobSpec, LineError
 from gpu_scheduler.errors import JobFileError
@@ -49,6 +55,9 @@ class SourceResult:
     errors: tuple[LineError, ...]
     partial: bool  # a last line without newline was held back somewhere
     deps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # id -> ids (after=)
+    # the first that many jobs are the previous result's very pairs (see JobSource.read): how,
+    # not what, so not compared
+    unchanged_jobs: int = field(default=0, compare=False)
 
 
 def with_dependencies(
@@ -75,8 +84,10 @@ class JobSource:
         precision_unit: int,
         allowed_script_paths: Sequence[Path] = (),
         tenant_caps: Mapping[str, float | None] | None = None,
+        gpu_nodes: Mapping[int, str] | None = None,  # a cluster: GPU -> node (gangs stay on one)
     ) -> None:
         self.jobs_file = jobs_file
+        self.gpu_nodes = dict(gpu_nodes or {})
         self.tenant_caps = dict(tenant_caps or {})
         self.llm_config_file = llm_config_file
         self.gpu_indices = tuple(gpu_indices)
@@ -85,6 +96,12 @@ class JobSource:
         self.table = LlmTable()
         self.llm_errors: tuple[LineError, ...] = ()
         self._readers: dict[Path, JobsFileReader] = {}
+        self._shares: dict[Path, _FileShares] = {}
+        self._layout: list[tuple[Path, int]] = []  # each file of the last read, its job count
+        # leading pairs of the last read_with_dependencies answer still in place (the least
+        # unchanged_jobs of the reads since: read() may be called in between)
+        self._kept_for_resolver = 0
+        self._resolver = AppendResolver()
 
     def watched_paths(self) -> list[Path]:
         """What the file watcher should follow: the jobs file/folder/glob and llm_config."""
@@ -109,11 +126,17 @@ class JobSource:
         return changed
 
     def read(self, *, include_partial: bool = False) -> SourceResult:
-        jobs: list[tuple[JobSpec, int]] = []
+        """Every jobs file's jobs with their shares, and the located errors, in file then line
+        order. Only the specs a reader did not keep from its last read get a share worked out
+        (all of them again after llm_config changed); ``unchanged_jobs`` counts the leading
+        pairs that are the last read's very objects."""
+        parts: list[list[tuple[JobSpec, int]]] = []  # each file's pairs
         errors: list[LineError] = list(self.llm_errors)
         partial = False
         paths = jobs_files(self.jobs_file)
-        for path in paths:
+        unchanged, same_so_far = 0, True
+        layout: list[tuple[Path, int]] = []
+        for position, path in enumerate(paths):
             reader = self._readers.get(path)
             if reader is None:
                 reader = self._readers[path] = JobsFileReader(
@@ -124,25 +147,101 @@ class JobSource:
                 )
             result = reader.read(include_partial=include_partial)
             partial = partial or result.partial_line
+            shares = self._shares.get(path)
+            if shares is None or shares.table is not self.table:
+                shares = self._shares[path] = _FileShares(self.table)
+            kept = shares.update(result, self._check)
             errors.extend(result.errors)
-            for spec in result.specs:
-                share = resolve_share(spec, self.table, self.unit)
-                why = never_fits(share, self.gpu_indices, spec.allowed_gpus)
-                cap = self.tenant_caps.get(spec.tenant)
-                if not why and cap is not None and share > round(cap * 1000):
-                    why = f"share {share / 1000:g} is over tenant {spec.tenant}'s max_gpus ({cap:g})"
-                if why:
-                    errors.append(
-                        LineError(
-                            spec.source,
-                            spec.line_no,
-                            spec.text,
-                            f"job can never run here: {why}",
-                            "a smaller gpus= share or more allowed GPUs",
-                        )
-                    )
-                    continue
-                jobs.append((spec, share))
+            errors.extend(shares.errors)
+            if same_so_far:  # every earlier file's pairs are the last read's, in place
+                before = self._layout[position] if position < len(self._layout) else None
+                if before is not None and before[0] == path:
+                    unchanged += kept
+                same_so_far = before == (path, kept) and kept == len(shares.jobs)
+            parts.append(shares.jobs)
+            layout.append((path, len(shares.jobs)))
         for gone in set(self._readers) - set(paths):
             del self._readers[gone]
-        return SourceResult(tuple(jobs), tuple(errors), partial)
+            self._shares.pop(gone, None)
+        self._layout = layout
+        self._kept_for_resolver = min(self._kept_for_resolver, unchanged)
+        jobs = tuple(parts[0]) if len(parts) == 1 else tuple(itertools.chain(*parts))
+        return SourceResult(jobs, tuple(errors), partial, unchanged_jobs=unchanged)
+
+    def read_with_dependencies(
+        self,
+        *,
+        include_partial: bool = False,
+        known_names: Callable[[], Mapping[str, str]],
+        known_ids: Collection[str],
+    ) -> SourceResult:
+        """``with_dependencies(self.read(...), known_names(), known_ids)``, the same answer,
+        with the work for lines kept from the last call skipped (``AppendResolver``).
+
+        ``known_names`` is called only if a reference needs it; ``known_ids`` is only asked
+        ``in`` (a view of the scheduler's jobs will do: nothing is copied).
+        ``unchanged_jobs`` then counts the leading pairs that are the last call's very objects
+        with the same dependencies.
+        """
+        result = self.read(include_partial=include_partial)
+        unchanged = self._kept_for_resolver
+        self._kept_for_resolver = len(result.jobs)
+        resolved = self._resolver.resolve(result.jobs, unchanged, known_names, known_ids)
+        return SourceResult(
+            resolved.good,
+            result.errors + resolved.errors,
+            result.partial,
+            resolved.deps,
+            unchanged_jobs=resolved.unchanged,
+        )
+
+    def _check(self, spec: JobSpec, table: LlmTable) -> tuple[JobSpec, int] | LineError:
+        """The line's job with its share, or why it can never run on this machine."""
+        share = resolve_share(spec, table, self.unit)
+        why = never_fits(share, self.gpu_indices, spec.allowed_gpus, self.gpu_nodes)
+        cap = self.tenant_caps.get(spec.tenant)
+        if not why and cap is not None and share > round(cap * 1000):
+            why = f"share {share / 1000:g} is over tenant {spec.tenant}'s max_gpus ({cap:g})"
+        if why:
+            return LineError(
+                spec.source,
+                spec.line_no,
+                spec.text,
+                f"job can never run here: {why}",
+                "a smaller gpus= share or more allowed GPUs",
+            )
+        return (spec, share)
+
+
+class _FileShares:
+    """One file's specs turned into (spec, share) pairs or errors, kept between reads.
+
+    ``kinds`` says, per spec of the reader's last result, whether it became a pair (True) or an
+    error (False), so the entries of specs the reader did not keep can be taken off the end.
+    """
+
+    def __init__(self, table: LlmTable) -> None:
+        self.table = table  # the llm_config the shares were worked out with
+        self.jobs: list[tuple[JobSpec, int]] = []
+        self.errors: list[LineError] = []
+        self.kinds: list[bool] = []
+
+    def update(
+        self,
+        result: ReadResult,
+        check: Callable[[JobSpec, LlmTable], tuple[JobSpec, int] | LineError],
+    ) -> int:
+        """Catch up with ``result``; returns how many pairs were kept from the last read."""
+        keep = min(result.unchanged_specs, len(self.kinds))
+        while len(self.kinds) > keep:
+            (self.jobs if self.kinds.pop() else self.errors).pop()
+        kept = len(self.jobs)
+        for spec in result.specs[keep:]:
+            out = check(spec, self.table)
+            if isinstance(out, LineError):
+                self.errors.append(out)
+                self.kinds.append(False)
+            else:
+                self.jobs.append(out)
+                self.kinds.append(True)
+        return kept

@@ -2,10 +2,13 @@
 
 The daemon re-reads the file on every change hint and on a safety timer, so re-reading must be
 cheap for a huge file: each line's parse is cached by its text, and when the file only grew (the
-new bytes start with the old ones) only the appended lines are looked at. Ids come from the grammar
-(``core.jobfile``) and do not depend on where the file is or whether the script exists; the script
-path in a spec is absolute (relative paths resolve against the jobs file's folder). A last line
-without a newline is held back, since an editor may still be writing it.
+new bytes start with the old ones) only the appended lines are looked at. The old bytes are all
+compared (one memcmp, about 1 ms for 4 MB), never guessed from size, inode or a sampled region:
+nano, VS Code and ``open("w")`` rewrite in place, keeping the inode, and an edit may grow the file.
+Ids come from the grammar (``core.jobfile``) and do not depend on where the file is or whether
+the script exists; the script path in a spec is absolute (relative paths resolve against the jobs
+file's folder). A last line without a newline is held back, since an editor may still be writing
+it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ a stream of small jobs cannot starve it; later jobs are backfilled onto the othe
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +62,9 @@ class Policy:
     default_timeout_s: float | None = None
     stop_grace_s: float = 30.0
     session_prefix: str = "gpujob"
+    # Sessions named by job id and attempt ("<id>", then "<id>-2", ...), not by GPU and script:
+    # a Ray submission id, which must be new for every attempt and findable after a restart.
+    sessions_by_attempt: bool = False
     max_concurrent_jobs: int | None = None
     queue_size_limit: int | None = None  # new lines wait in the file while this many are queued
     reservation: bool = True  # hold GPUs for a blocked head-of-queue job
@@ -134,6 +138,12 @@ class Scheduler:
         self.backlog_noticed = False  # the queue_full notice was given
         self.oom_holds: dict[int, int] = {}  # GPU -> MiB that must be free again (CUDA OOM)
         self.gpu_memory_mib: dict[int, int] = {}  # GPU -> total MiB, as last seen by a pass
+        # What the last sync saw, so the next one can look at the appended lines only:
+        # its lines (None: look at all), each job id's place in them, and the jobs that
+        # became pending since (see _sync_tail).
+        self._synced: tuple[tuple[JobSpec, int], ...] | None = None
+        self._line_at: dict[str, int] = {}
+        self._requeued: set[str] = set()
 
     # ------------------------------------------------------------------ reading
 
@@ -215,6 +225,8 @@ class Scheduler:
         specs: Iterable[tuple[JobSpec, int]],
         now: float,
         deps: Mapping[str, tuple[str, ...]] | None = None,
+        *,
+        unchanged: int = 0,
     ) -> list[Notice]:
         """Make the pending set match the jobs file: new lines enqueued, gone lines dequeued.
 
@@ -225,14 +237,27 @@ class Scheduler:
         With ``queue_size_limit``, new lines are enqueued only while fewer jobs are queued; the
         rest (and every new line after the first one left out, so file order is kept) wait in
         ``backlog`` and are taken as the queue drains (``schedule``). No line is dropped.
+
+        ``unchanged`` (precondition): the first that many ``specs`` are the previous sync's very
+        pairs, in place, with the same ``deps`` (``JobSource.read_with_dependencies`` counts
+        them). Then only the other lines are looked at (``_sync_tail``): the answer is the same,
+        at the cost of the appended lines. 0, or any doubt, looks at every line.
         """
-        notices: list[Notice] = []
-        seen: set[str] = set()
+        lines = specs if isinstance(specs, tuple) else tuple(specs)
+        last = self._synced
+        if last is not None and 0 < unchanged <= len(last) and (
+            lines[unchanged - 1] is last[unchanged - 1] and lines[0] is last[0]
+        ):
+            notices = self._sync_tail(lines, now, deps or {}, unchanged)
+            if notices is not None:
+                return notices
+        notices = []
+        seen: dict[str, int] = {}  # job id -> its line's place in ``lines``
         deps = deps or {}
         limit = self.policy.queue_size_limit
         backlog: list[tuple[JobSpec, int, tuple[str, ...]]] = []
-        for spec, share in specs:
-            seen.add(spec.job_id)
+        for spec, share in lines:
+            seen[spec.job_id] = len(seen)
             job_deps = deps.get(spec.job_id, ())
             new = spec.job_id not in self.jobs and spec.job_id not in self.archived
             if new and limit is not None and (backlog or self.queued_count() >= limit):
@@ -240,6 +265,7 @@ class Scheduler:
                 continue
             notices.extend(self.add(spec, share, now, job_deps))
         self.backlog = backlog
+        self._requeued = set()
         for job_id in [j for j, job in self.jobs.items() if j not in seen]:
             job = self.jobs[job_id]
             # Only a job that never ran is the line's alone: one that ran before and is
@@ -247,6 +273,80 @@ class Scheduler:
             if isinstance(job.status, Pending) and job.attempts == job.launch_failures:
                 notices.append(self.remove(job_id))
         notices.extend(self.admit_backlog(now))
+        # a repeated id (two files of one tenant) has one place: the next sync looks at all
+        self._synced = lines if len(seen) == len(lines) else None
+        self._line_at = seen
+        return notices
+
+    def _sync_tail(
+        self,
+        lines: tuple[tuple[JobSpec, int], ...],
+        now: float,
+        deps: Mapping[str, tuple[str, ...]],
+        kept: int,
+    ) -> list[Notice] | None:
+        """``sync`` when the first ``kept`` lines are the last sync's (None: a repeated id).
+
+        What the full walk would do, without walking the kept lines. ``add`` changes nothing
+        for a kept line unless its job still waits in the backlog, or became pending since the
+        last sync (it may have a share from before its line changed: shares change on pending
+        jobs only); every way to pending goes through ``_enqueue``, which notes the job in
+        ``_requeued``. Those lines are walked, in file order, then the lines after ``kept``.
+        Jobs to dequeue can only be those of the lines after ``kept`` last time, or ones that
+        became pending since: after each sync no other pending job without a line never ran.
+        """
+        last, line_at = self._synced, self._line_at
+        assert last is not None
+        fresh = [spec.job_id for spec, _ in lines[kept:]]
+        if len(set(fresh)) != len(fresh) or any(line_at.get(j, kept) < kept for j in fresh):
+            return None
+        gone = [spec.job_id for spec, _ in last[kept:]]
+        for job_id in gone:
+            del line_at[job_id]
+        for at, job_id in enumerate(fresh, kept):
+            line_at[job_id] = at
+        # kept lines the walk must still visit, by place: those waiting in the backlog, and
+        # those whose job became pending since (a share change is applied to pending jobs only)
+        again: dict[int, tuple[JobSpec, int, tuple[str, ...]]] = {}
+        for job_id in self._requeued:
+            at = line_at.get(job_id, kept)
+            if at < kept:
+                spec, share = lines[at]
+                again[at] = (spec, share, deps.get(job_id, ()))
+        for entry in self.backlog:
+            at = line_at.get(entry[0].job_id, kept)
+            if at >= kept:
+                break  # the backlog is in file order
+            again[at] = entry
+        todo = itertools.chain(
+            (again[at] for at in sorted(again)),
+            ((spec, share, deps.get(spec.job_id, ())) for spec, share in lines[kept:]),
+        )
+        notices: list[Notice] = []
+        limit = self.policy.queue_size_limit
+        backlog: list[tuple[JobSpec, int, tuple[str, ...]]] = []
+        for spec, share, job_deps in todo:  # the body of sync's walk
+            new = spec.job_id not in self.jobs and spec.job_id not in self.archived
+            if new and limit is not None and (backlog or self.queued_count() >= limit):
+                backlog.append((spec, share, job_deps))
+                continue
+            notices.extend(self.add(spec, share, now, job_deps))
+        self.backlog = backlog
+        requeued, self._requeued = self._requeued, set()
+        drop = [
+            j
+            for j in dict.fromkeys([*gone, *requeued])
+            if j not in line_at
+            and (job := self.jobs.get(j)) is not None
+            and isinstance(job.status, Pending)
+            and job.attempts == job.launch_failures
+        ]
+        if len(drop) > 1:  # in the jobs' order, as the full walk dequeues them
+            chosen = set(drop)
+            drop = [j for j in self.jobs if j in chosen]
+        notices.extend(self.remove(job_id) for job_id in drop)
+        notices.extend(self.admit_backlog(now))
+        self._synced = lines
         return notices
 
     def admit_backlog(self, now: float) -> list[Notice]:
@@ -278,7 +378,8 @@ class Scheduler:
             self.jobs[spec.job_id] = job
             self._enqueue(job)
             return [Notice("enqueued", job.job_id, f"{spec.label} share {format_share(share)}")]
-        if isinstance(known.status, Pending) and (known.share != share or known.spec != spec):
+        same_spec = known.spec is spec or known.spec == spec  # the kept lines: no field walk
+        if isinstance(known.status, Pending) and (known.share != share or not same_spec):
             self._dequeue(known.job_id)
             job = replace(known, spec=spec, share=share)
             self.jobs[job.job_id] = job
@@ -291,7 +392,7 @@ class Scheduler:
                         f"share {format_share(known.share)} -> {format_share(share)}",
                     )
                 ]
-        elif known.spec != spec:
+        elif not same_spec:
             self.jobs[known.job_id] = replace(known, spec=spec)
         return []
 
@@ -343,9 +444,13 @@ class Scheduler:
     def start_job(self, job: Job, placement: allocator.Placement, now: float) -> Launch:
         """Count the placement's shares and mark the job running (launch not yet reported)."""
         self._dequeue(job.job_id)
-        session = session_name(
-            self.policy.session_prefix, placement.gpus, job.spec.script, job.job_id
-        )
+        if self.policy.sessions_by_attempt:
+            attempt = job.attempts + 1
+            session = job.job_id if attempt == 1 else f"{job.job_id}-{attempt}"
+        else:
+            session = session_name(
+                self.policy.session_prefix, placement.gpus, job.spec.script, job.job_id
+            )
         running = Running(
             started_at=now,
             gpus=placement.gpus,
@@ -564,6 +669,14 @@ class Scheduler:
             (self.paused.add if paused else self.paused.discard)(g)
         return chosen
 
+    def add_gpus(self, gpus: Iterable[int]) -> list[int]:
+        """GPUs that appeared after the start (a cluster node joined); returns the new ones."""
+        new = sorted(set(gpus) - set(self.gpu_indices))
+        self.gpu_indices = (*self.gpu_indices, *new)
+        for g in new:
+            self._used.setdefault(g, 0)
+        return new
+
     # ------------------------------------------------------------------ persistence
 
     def restore(
@@ -647,6 +760,8 @@ class Scheduler:
 
     def _enqueue(self, job: Job) -> None:
         assert isinstance(job.status, Pending)
+        if self._synced is not None:  # the next sync checks whether its line is still there
+            self._requeued.add(job.job_id)
         waiting, failed = self.dependency_state(job.job_id)
         if failed:
             self._put(transition(job, Finished(self._failed_at(job), DependencyFailed(failed))))
