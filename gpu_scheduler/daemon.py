@@ -5,9 +5,18 @@ stop workers, the control socket — only posts events to its queue. The loop bl
 (no sleep-and-poll): an event or a due deadline (monitor tick, retry, timeout, a held-back half
 line) wakes it; it handles what arrived, runs one scheduling pass, carries out the actions, saves.
 
-Crash safety: a pass's launches are saved (as running, pid unknown) BEFORE any process starts, so
-after a kill -9 the restart finds them and checks their exit records and processes instead of
+Crash safety: a pass's launches are written ahead (as running, pid unknown) BEFORE any process
+starts -- appended to the store's launch journal, fsynced, a few hundred bytes whatever the size
+of the state; a pass that also suspends or stops jobs (preemption) saves the whole state instead.
+So after a kill -9 the restart finds them and checks their exit records and processes instead of
 starting them again. Exits need no write-ahead: the runner's exit record survives the daemon.
+
+Saves: changes are coalesced into at most one full save per SAVE_INTERVAL_S; one that falls due
+at a launch waits LAUNCH_SAVE_DELAY_S more, so it does not compete with the runners being
+started (only the first launch since a save can delay it: a stream cannot starve it). A monitor
+tick marks the state dirty only when something it shows changed (the GPU snapshot, an overrun);
+otherwise a heartbeat save every ``_heartbeat_s`` keeps ``heartbeat_at`` (status: "state fresh")
+and the rolling metrics current.
 """
 
 from __future__ import annotations
@@ -48,14 +57,14 @@ from gpu_scheduler.core.model import (
     Stop,
     Suspend,
 )
-from gpu_scheduler.core.recovery import reconcile, resumed_stops
+from gpu_scheduler.core.recovery import reconcile, replay_launches, resumed_stops
 from gpu_scheduler.core.scheduler import Scheduler
 from gpu_scheduler.core.units import format_share
 from gpu_scheduler.daemon_control import handle_command
 from gpu_scheduler.daemon_records import end_remains, gather_facts, read_record
 from gpu_scheduler.errors import GpuSchedulerError, StateFileError
 from gpu_scheduler.guards import JobGuard, cuda_oom_in_log, insecure_files, trusted_files
-from gpu_scheduler.jobsource import JobSource, jobs_files, with_dependencies
+from gpu_scheduler.jobsource import JobSource, jobs_files
 from gpu_scheduler.metrics import MetricsRecorder, tenant_info
 from gpu_scheduler.paths import DaemonPaths
 from gpu_scheduler.policy import policy_from
@@ -63,6 +72,8 @@ from gpu_scheduler.policy import policy_from
 log = logging.getLogger("gpu_scheduler.daemon")
 
 SAVE_INTERVAL_S = 0.2  # coalesce bursts of changes into at most ~5 saves a second
+HEARTBEAT_S = 10.0  # an unchanged state is saved this often (status calls 30 s stale)
+LAUNCH_SAVE_DELAY_S = 0.05  # a full save due at a launch waits this long: runners start first
 KEEP_FINISHED = 200  # finished jobs kept in live state for status; older ones go to history
 
 
@@ -105,7 +116,9 @@ class Daemon:
         self.store = store or StateStore(settings.files.state_file)
         self.events: queue.Queue[Event] = queue.Queue()
         self.gpus: tuple[GpuSnapshot, ...] = probe.snapshot()
-        policy = policy_from(settings)
+        policy = policy_from(settings, self.mode)
+        # Ray mode: jobs run on other machines; the launcher follows them, not our pid watcher.
+        self.remote = bool(getattr(launcher, "remote", False))
         self.scheduler = Scheduler(policy, [g.index for g in self.gpus])
         self.source = JobSource(
             settings.files.jobs_file,
@@ -114,6 +127,7 @@ class Daemon:
             precision_unit=settings.gpu.precision_unit,
             allowed_script_paths=settings.security.allowed_script_paths,
             tenant_caps={name: rule.max_gpus for name, rule in settings.tenants.items()},
+            gpu_nodes={g.index: g.node for g in self.gpus if g.node},
         )
         self.errors: tuple[LineError, ...] = ()
         self.started_at = self.clock.now()
@@ -153,8 +167,14 @@ class Daemon:
                 log.warning("state file not usable (%s); recovered from the backup", loaded.problem,
                             extra={"event": "state_from_backup"})
             state = loaded.state
-            self.scheduler.restore(state.jobs, state.paused, state.next_seq, archived)
-            facts = gather_facts(self.scheduler, self.paths, self.launcher)
+            launched, journal_seq = self.store.read_launches()
+            jobs = replay_launches(state.jobs, launched, archived)
+            if launched:
+                log.info("%d launch(es) written ahead after the last save: checking them",
+                         len(launched), extra={"event": "launches_replayed"})
+            self.scheduler.restore(jobs, state.paused, max(state.next_seq, journal_seq), archived)
+            facts = (self.launcher.recovery_facts(self.scheduler) if self.remote  # type: ignore[attr-defined]
+                     else gather_facts(self.scheduler, self.paths, self.launcher))
             for notice in reconcile(self.scheduler, facts, now):
                 self._log_notice(notice)
         else:
@@ -218,6 +238,8 @@ class Daemon:
             self._control.stop()
         self._stops.shutdown(wait=True)
         self._exit_watcher.close()
+        if self.remote:
+            self.launcher.close()  # its poll thread; the Ray jobs keep running
         self._save(force=True)
         log.info("scheduler stopped; %d jobs left running", len(self.scheduler.running_ids),
                  extra={"event": "daemon_stopped"})
@@ -276,10 +298,15 @@ class Daemon:
             self._carry_out_stop(Stop(job.job_id, run.stopping, self.scheduler.policy.stop_grace_s))
 
     def _on_exit(self, job_id: str, attempt: int, now: float) -> None:
-        record = read_record(self.paths.record_path(job_id, attempt))
         job = self.scheduler.jobs[job_id]
         run = job.status
         assert isinstance(run, Running)
+        if self.remote:  # the job's end as Ray tells it; its output kept in our log folder
+            record = self.launcher.exit_record(run.session)  # type: ignore[attr-defined]
+            self.launcher.fetch_log(run.session, self.paths.log_path(job_id))  # type: ignore[attr-defined]
+            self._next_monitor = 0.0  # Ray's count of the node's GPUs changed: look again now
+        else:
+            record = read_record(self.paths.record_path(job_id, attempt))
         if record.get("state") == "exited":
             code = int(record["exit_code"])
             oom = "" if code == 0 or run.stopping else \
@@ -294,7 +321,7 @@ class Daemon:
         elif run.stopping:
             notice = self.scheduler.exited(job_id, 137, now)
         else:
-            if run.pid is not None:  # a killed runner can leave its job running: end it first
+            if run.pid is not None and not self.remote:  # a killed runner may leave its job
                 end_remains(job_id, run.pid, run.pid_started_at)
             notice = self.scheduler.lost(job_id, "its runner ended without an exit record", now)
         self._log_notice(notice)
@@ -311,18 +338,24 @@ class Daemon:
     # ------------------------------------------------------------------ reading files
 
     def _read_jobs(self, *, include_partial: bool) -> None:
+        """Re-read the jobs files and sync the scheduler, at the cost of what changed: a
+        one-line append to a huge file looks at that line only (JobSource, Scheduler.sync)."""
+        from collections import ChainMap
+
         jobs = self.scheduler.jobs
-        result = with_dependencies(
-            self.source.read(include_partial=include_partial),
-            {j.spec.name: j.job_id for j in jobs.values() if j.spec.name},
-            set(jobs) | set(self.scheduler.archived),
+        result = self.source.read_with_dependencies(
+            include_partial=include_partial,
+            # jobs the scheduler remembers whose lines may be gone, looked up, never copied
+            known_names=lambda: {j.spec.name: j.job_id for j in jobs.values() if j.spec.name},
+            known_ids=ChainMap[str, object](jobs, self.scheduler.archived),
         )
         if result.errors != self.errors:
             for error in set(result.errors) - set(self.errors):
                 log.warning("%s", error, extra={"event": "line_error", "path": error.source})
         self.errors = result.errors
         self._partial_since = self.clock.monotonic() if result.partial else None
-        for notice in self.scheduler.sync(result.jobs, self.clock.now(), result.deps):
+        for notice in self.scheduler.sync(result.jobs, self.clock.now(), result.deps,
+                                          unchanged=result.unchanged_jobs):
             self._log_notice(notice)
 
     # ------------------------------------------------------------------ time
@@ -374,16 +407,26 @@ class Daemon:
         return age if age >= 0 else float("inf")
 
     def _monitor(self, now: float) -> None:
-        """The slow tick: GPU snapshot, our processes, and a check of every running job."""
+        """The slow tick: GPU snapshot, our processes, and a check of every running job.
+
+        Marks the state dirty only when what it shows changed (GPU snapshot, overruns; stops
+        change jobs, which marks it too): an idle daemon does not rewrite its state every tick.
+        The rolling metrics and the heartbeat ride on the next save (``_maybe_save``)."""
+        shown = (self.gpus, self.overruns)
+        jobs = self.scheduler.jobs
+        running = [(job_id, jobs[job_id]) for job_id in self.scheduler.running_ids]
         try:
             self.gpus = self.probe.snapshot()
         except Exception as exc:  # a probe must not take the loop down
             log.error("GPU probe failed: %s", exc, extra={"event": "probe_error"})
         pids: set[int] = set()
         trees: dict[str, set[int]] = {}
+        if self.remote:
+            for new in self.scheduler.add_gpus(g.index for g in self.gpus):
+                log.info("GPU %d joined the cluster", new, extra={"event": "gpu_joined"})
         for job_id in self.scheduler.running_ids:
             run = self.scheduler.jobs[job_id].status
-            if not isinstance(run, Running) or run.pid is None:
+            if not isinstance(run, Running) or run.pid is None or self.remote:
                 continue
             if not processes.is_alive(run.pid, run.pid_started_at):
                 self.events.put(Event("exit", job_id, self.scheduler.jobs[job_id].attempts))
@@ -393,7 +436,8 @@ class Daemon:
         self._own_pids = frozenset(pids)
         self._enforce_limits(now, trees)
         self.metrics.sample(now, self.gpus, self.scheduler, self.info(now), self.scheduler.paused)
-        self._dirty = True
+        if (self.gpus, self.overruns) != shown or any(jobs.get(i) is not j for i, j in running):
+            self._dirty = True  # (a job stopped for its memory is a changed job)
 
     def _enforce_limits(self, now: float, trees: dict[str, set[int]]) -> None:
         """Host memory limit and GPU memory overrun (see guards): log, and stop if so set."""
@@ -424,7 +468,10 @@ class Daemon:
         if not report.launches:
             return
         self._dirty = True
-        if not self._save(force=True):
+        # Write ahead: the journal (cheap, whatever the state's size), or -- when the pass also
+        # froze or stopped jobs, which the journal does not carry -- the whole state.
+        written = self._save(force=True) if report.actions else self._write_ahead(report.launches)
+        if not written:
             for launch in report.launches:
                 self._log_notice(self.scheduler.abort_launch(launch.job_id, "state not saved"))
             return
@@ -478,6 +525,10 @@ class Daemon:
         if not isinstance(run, Running) or run.pid is None:
             return
         attempt = job.attempts
+        if self.remote:
+            self.launcher.follow(  # type: ignore[attr-defined]
+                run.session, lambda _s: self.events.put(Event("exit", job_id, attempt)))
+            return
         self._exit_watcher.watch(
             f"{job_id}:{attempt}", run.pid,
             lambda _key: self.events.put(Event("exit", job_id, attempt)),
@@ -488,7 +539,7 @@ class Daemon:
         """SIGSTOP (suspend) or SIGCONT (resume) a preempted job's whole process tree."""
         job = self.scheduler.jobs[action.job_id]
         run = job.status
-        if not isinstance(run, Running) or run.pid is None:
+        if not isinstance(run, Running) or run.pid is None or self.remote:
             return
         sig = signal.SIGSTOP if isinstance(action, Suspend) else signal.SIGCONT
         processes.signal_tree(run.pid, sig, run.pid_started_at)
@@ -524,9 +575,40 @@ class Daemon:
 
     # ------------------------------------------------------------------ state
 
+    _first_ahead: float | None = None  # when launches were first written ahead since a save
+
+    @property
+    def _heartbeat_s(self) -> float:
+        """How often an unchanged state is saved anyway: every other monitor tick, at most
+        HEARTBEAT_S apart (status calls a state stale after max(30 s, 3 ticks))."""
+        return min(HEARTBEAT_S, 2 * self.settings.gpu.monitor_interval_s)
+
     def _maybe_save(self) -> None:
-        if self._dirty and self.clock.monotonic() - self._last_save >= SAVE_INTERVAL_S:
+        since = self.clock.monotonic() - self._last_save
+        if (self._dirty and since >= SAVE_INTERVAL_S) or since >= self._heartbeat_s:
             self._save()
+
+    def _write_ahead(self, launches: tuple[Launch, ...]) -> bool:
+        """Journal the pass's launches before any runner starts (see the module docstring);
+        on failure stop launching, as a failed save does. The full save follows, coalesced:
+        the first launch written ahead since the last save holds it back to at least
+        LAUNCH_SAVE_DELAY_S from now (later ones do not, so a stream cannot starve it)."""
+        try:
+            self.store.append_launches(
+                [self.scheduler.jobs[launch.job_id] for launch in launches],
+                self.scheduler.next_seq,
+            )
+        except StateFileError as exc:
+            if not self.save_error:
+                log.error("CANNOT SAVE STATE, no new jobs will be launched: %s", exc,
+                          extra={"event": "state_save_failed"})
+            self.save_error = str(exc)
+            self._last_save = self.clock.monotonic()  # retry at the save interval
+            return False
+        if self._first_ahead is None:
+            self._first_ahead = mono = self.clock.monotonic()
+            self._last_save = max(self._last_save, mono - SAVE_INTERVAL_S + LAUNCH_SAVE_DELAY_S)
+        return True
 
     def _save(self, force: bool = False) -> bool:
         """Write the state; on failure stop launching and say so loudly until a save works."""
@@ -544,6 +626,7 @@ class Daemon:
             log.warning("state saved again; launching resumes", extra={"event": "state_saved"})
         self.save_error = ""
         self._dirty = False
+        self._first_ahead = None
         self._last_save = self.clock.monotonic()
         return True
 

@@ -1,7 +1,8 @@
 """`gpu-scheduler health`: is the scheduler doing its job? For people, cron and systemd.
 
 Five checks, each ok / degraded / down: the daemon answers on its control socket; its state
-file is fresh (saved within max(30 s, 3 monitor intervals)) and saving works; the GPU probe
+file is fresh (saved within max(30 s, 3 monitor intervals); an idle daemon saves a heartbeat
+every other tick, at most 10 s apart) and saving works; the GPU probe
 reads every GPU (the daemon's last snapshot); GNU screen is on PATH (screen mode only); the
 disks holding the state and the logs have at least 1 GiB and 5 % free. The overall status is
 the worst check's; the exit status is 0 healthy, 1 degraded, 2 down.
@@ -34,6 +35,13 @@ class Disk:
     path: str
     total_bytes: int
     free_bytes: int
+
+
+def heartbeat_s(monitor_interval_s: float | None) -> float:
+    """How often a running daemon saves its state even when nothing changed (its heartbeat):
+    every other monitor tick, at most 10 s apart (the daemon's ``_heartbeat_s``). A state
+    older than max(30 s, 3 ticks) is stale (``status``), so a live daemon is never called so."""
+    return min(10.0, 2 * (monitor_interval_s or 5.0))
 
 
 def _check(name: str, status: str, message: str) -> dict[str, str]:
@@ -74,8 +82,8 @@ def _state(d: Mapping[str, Any], problem: str) -> dict[str, str]:
         return _check(
             "state",
             "degraded",
-            f"{saved}, expected every "
-            f"{format_duration(d.get('monitor_interval_s'))}: the daemon may be stuck",
+            f"{saved}, expected at least every "
+            f"{format_duration(heartbeat_s(d.get('monitor_interval_s')))}: the daemon may be stuck",
         )
     return _check("state", "ok", saved)
 

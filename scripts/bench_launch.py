@@ -2,7 +2,7 @@
 against this machine's own floor (what the OS costs to start a process and see it exit).
 
     python scripts/bench_launch.py [--quick] [--trials N] [--jobs N] [--idle-s S]
-                                   [--mode screen|direct|both] [--profile DIR]
+                                   [--mode screen|direct|both] [--profile DIR] [--reload-only]
 
 One run prints two markdown tables (paste them into the README) with the date, core count and
 load average:
@@ -13,7 +13,8 @@ load average:
   start cost, which every edit-to-launch figure includes;
 * edit-to-launch: a real daemon (``python -m gpu_scheduler start`` with simulated GPUs, a private
   SCREENDIR, no console log) sits idle; the bench appends one line to jobs.txt and takes the time
-  the job's process wrote down with ``time.time()`` as its first act. Median and p99 over
+  the job's process wrote down with ``time.time()`` as its first act (and, shown in the row, the
+  time its runner recorded having spawned it: the rest is the job's own interpreter start). Median and p99 over
   ``--trials`` trials (after one warm-up launch; each after the last job exited and the daemon
   went idle again; p99 of 50 trials is the slowest);
 * throughput: ``--jobs`` lines of ``true`` at ``gpus=0.125`` on 8 simulated GPUs (64 slots),
@@ -21,8 +22,9 @@ load average:
 * the same two with 10,000 lines already completed (in jobs.txt, in the history and the state,
   written with the StateStore API, as a daemon that ran them would have left them);
 * reload and pass cost in this process (no daemon): a one-line append to a file of 100 /
-  10,000 / 100,000 pending lines, through JobsFileReader, JobSource, and the daemon's
-  dependency resolution and ``Scheduler.sync``; one ``Scheduler.schedule`` pass (every GPU
+  10,000 / 100,000 pending lines, through JobsFileReader, JobSource, and the daemon's whole
+  re-read (``JobSource.read_with_dependencies`` and ``Scheduler.sync``, as ``Daemon._read_jobs``;
+  ``--reload-only`` runs this section alone); one ``Scheduler.schedule`` pass (every GPU
   paused: nothing placed; and placing 64 jobs); the write-ahead state save the daemon makes
   before each pass's launches (jobs unchanged since the last save);
 * idle: daemon CPU over ``--idle-s`` seconds with ``--jobs`` pending jobs and every GPU paused
@@ -52,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import ChainMap
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -68,7 +71,7 @@ from gpu_scheduler.adapters.jobsfile import JobsFileReader  # noqa: E402
 from gpu_scheduler.adapters.store import SavedState, StateStore  # noqa: E402
 from gpu_scheduler.core.model import Finished, GpuSnapshot, Job, JobSpec, Succeeded  # noqa: E402
 from gpu_scheduler.core.scheduler import Policy, Scheduler  # noqa: E402
-from gpu_scheduler.jobsource import JobSource, with_dependencies  # noqa: E402
+from gpu_scheduler.jobsource import JobSource  # noqa: E402
 from gpu_scheduler.paths import DaemonPaths  # noqa: E402
 
 T = TypeVar("T")
@@ -504,19 +507,21 @@ class BenchDaemon:
         return found
 
 
-def edit_to_launch(daemon: BenchDaemon, job: Path, trials: int) -> list[float]:
-    """Append one line to the idle daemon's jobs file; until the job's first line ran."""
+def edit_to_launch(daemon: BenchDaemon, job: Path, trials: int) -> tuple[list[float], list[float]]:
+    """Append one line to the idle daemon's jobs file; until the job's first line ran, and
+    until its runner had spawned it (the runner's record: the rest is the job's own start)."""
     out_dir = private_dir(daemon.root / "out")
-    latencies = []
+    latencies, spawned = [], []
     for i in range(-1, trials):  # trial -1 warms the daemon up (first launch: lazy imports)
         out = out_dir / f"t{i}"
         t0 = daemon.append(f"0,{job},,--out {out},gpus={SHARE}\n")
         started, job_id, _ = wait_for(lambda: read_job_record(out), 60, "the job to start")  # noqa: B023
+        record = wait_for(lambda: daemon.exit_record(job_id), 60, "the job to exit")  # noqa: B023
         if i >= 0:
             latencies.append(started - t0)
-        wait_for(lambda: daemon.exit_record(job_id), 60, "the job to exit")  # noqa: B023
+            spawned.append(float(record["started_at"]) - t0)
         time.sleep(IDLE_GAP_S)  # idle again: the exit is saved, nothing is due
-    return latencies
+    return latencies, spawned
 
 
 def throughput(daemon: BenchDaemon, jobs: int, tag: str) -> tuple[float, float]:
@@ -613,8 +618,11 @@ def reload_and_pass(root: Path, size: int, repeat: int) -> ReloadRow:
 
     def daemon_reread() -> None:  # what Daemon._read_jobs does after a change
         jobs = scheduler.jobs
-        result = with_dependencies(source.read(), {}, set(jobs) | set(scheduler.archived))
-        scheduler.sync(result.jobs, 1.0, result.deps)
+        result = source.read_with_dependencies(
+            known_names=lambda: {j.spec.name: j.job_id for j in jobs.values() if j.spec.name},
+            known_ids=ChainMap[str, object](jobs, scheduler.archived),
+        )
+        scheduler.sync(result.jobs, 1.0, result.deps, unchanged=result.unchanged_jobs)
 
     daemon_reread()
     times: dict[str, list[float]] = {"reader": [], "source": [], "sync": []}
@@ -662,6 +670,51 @@ def maybe_pyinstrument(profile: Path | None, name: str) -> Iterator[None]:
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def print_reloads(reloads: list[ReloadRow]) -> None:
+    print(
+        "\n| pending lines | cold read | append 1 line: JobsFileReader | + JobSource | "
+        "+ deps and Scheduler.sync (the daemon's re-read) | blocked pass | placing pass "
+        "(64 slots) | state save |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in reloads:
+        print(
+            f"| {r.pending:,} | {r.cold_us_per_line:.0f} µs/line | {r.reader_ms:.2f} ms | "
+            f"{r.source_ms:.2f} ms | {r.sync_ms:.2f} ms | {r.blocked_ms:.3f} ms | "
+            f"{r.placing_ms:.3f} ms | {r.save_ms:.1f} ms |"
+        )
+    small, big = reloads[0], reloads[-1]
+    x = {k: getattr(big, k) / max(getattr(small, k), 1e-9)
+         for k in ("reader_ms", "sync_ms", "blocked_ms", "placing_ms", "save_ms")}  # fmt: skip
+    flat = {k: "flat" if v <= 2 else "grows with the file" for k, v in x.items()}
+    print(
+        f"\n{big.pending:,} vs {small.pending:,} pending lines (target: a one-line append costs "
+        f"what the appended bytes cost, a pass is flat): append through JobsFileReader "
+        f"x{x['reader_ms']:.1f} ({flat['reader_ms']}), the daemon's whole re-read "
+        f"x{x['sync_ms']:.0f} ({flat['sync_ms']}); blocked pass x{x['blocked_ms']:.1f} "
+        f"({flat['blocked_ms']}), placing pass x{x['placing_ms']:.1f} ({flat['placing_ms']});"
+        f" write-ahead state save x{x['save_ms']:.0f} ({flat['save_ms']})."
+    )
+
+
+def reload_only(argv: list[str] | None, sizes: list[int], repeat: int, profile: Path | None) -> int:
+    """``--reload-only``: the reload and pass section alone, in a temp folder removed after."""
+    machine = machine_line()
+    root = Path(tempfile.mkdtemp(prefix="bl-", dir="/tmp"))
+    try:
+        if profile is not None:
+            profile = private_dir(profile.resolve())
+        with maybe_pyinstrument(profile, "reload"):
+            reloads = [reload_and_pass(root, size, repeat) for size in sizes]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    command = " ".join(["python scripts/bench_launch.py",
+                        *(argv if argv is not None else sys.argv[1:])])  # fmt: skip
+    print(f"\n### gpu_scheduler reload benchmark: {machine}\n\n`{command}`; median of {repeat}.")
+    print_reloads(reloads)
+    return 0
 
 
 def machine_line() -> str:
@@ -729,8 +782,9 @@ def run_modes(args: argparse.Namespace, root: Path, modes: list[str], cleanup: C
         base, hand = floor[mode], floor[f"{mode}-hand"]
         daemon = BenchDaemon(root / f"{mode[0]}e", mode, cleanup, args.profile)
         daemon.start()
-        lat = edit_to_launch(daemon, job, args.trials)
-        rows.append(latency_row("edit-to-launch, idle daemon", mode, lat, base, hand))
+        lat, spawned = edit_to_launch(daemon, job, args.trials)
+        what = f"edit-to-launch, idle daemon (job spawned at {ms(statistics.median(spawned))})"
+        rows.append(latency_row(what, mode, lat, base, hand))
         rate, cpu = throughput(daemon, args.jobs, "a")
         rows.append(rate_row(f"throughput, {args.jobs:,} jobs on 64 slots", mode, rate, cpu, base))
         daemon.stop()
@@ -739,11 +793,11 @@ def run_modes(args: argparse.Namespace, root: Path, modes: list[str], cleanup: C
         daemon = BenchDaemon(root / f"{mode[0]}h", mode, cleanup, args.profile)
         completed_history(daemon, args.completed)
         up = daemon.start()
-        lat = edit_to_launch(daemon, job, args.trials)
+        lat, spawned = edit_to_launch(daemon, job, args.trials)
         done = f"{args.completed:,} completed"
-        rows.append(
-            latency_row(f"edit-to-launch, {done} (daemon up in {ms(up)})", mode, lat, base, hand)
-        )
+        what = (f"edit-to-launch, {done} (daemon up in {ms(up)}; "
+                f"job spawned at {ms(statistics.median(spawned))})")  # fmt: skip
+        rows.append(latency_row(what, mode, lat, base, hand))
         rate, cpu = throughput(daemon, args.jobs, "b")
         rows.append(rate_row(f"throughput, {args.jobs:,} jobs, {done}", mode, rate, cpu, base))
         daemon.stop()
@@ -774,6 +828,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="py-spy flame graphs of each daemon, pyinstrument of the reload section",
     )
+    parser.add_argument(
+        "--reload-only",
+        action="store_true",
+        help="only the reload and pass section (no daemon, no screen; seconds, not minutes)",
+    )
     args = parser.parse_args(argv)
     q = args.quick
     args.trials = args.trials if args.trials is not None else (3 if q else 50)
@@ -783,6 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [100, 2_000] if q else [100, 10_000, 100_000]
     if min(args.trials, args.jobs) < 1 or args.idle_s < 0:
         parser.error("--trials and --jobs must be at least 1, --idle-s at least 0")
+    if args.reload_only:
+        return reload_only(argv, sizes, 3 if q else 7, args.profile)
     modes = ["screen", "direct"] if args.mode == "both" else [args.mode]
     if "screen" in modes and shutil.which("screen") is None:
         print("GNU screen is not installed: screen mode left out", file=sys.stderr)
@@ -837,30 +898,7 @@ def main(argv: list[str] | None = None) -> int:
             f"gpus={SHARE}; edit-to-launch over {args.trials} trials each.\n"
         )
         print_rows(rows)
-        print(
-            "\n| pending lines | cold read | append 1 line: JobsFileReader | + JobSource | "
-            "+ deps and Scheduler.sync (the daemon's re-read) | blocked pass | placing pass "
-            "(64 slots) | state save |"
-        )
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in reloads:
-            print(
-                f"| {r.pending:,} | {r.cold_us_per_line:.0f} µs/line | {r.reader_ms:.2f} ms | "
-                f"{r.source_ms:.2f} ms | {r.sync_ms:.2f} ms | {r.blocked_ms:.3f} ms | "
-                f"{r.placing_ms:.3f} ms | {r.save_ms:.1f} ms |"
-            )
-        small, big = reloads[0], reloads[-1]
-        x = {k: getattr(big, k) / max(getattr(small, k), 1e-9)
-             for k in ("reader_ms", "sync_ms", "blocked_ms", "placing_ms", "save_ms")}  # fmt: skip
-        flat = {k: "flat" if v <= 2 else "grows with the file" for k, v in x.items()}
-        print(
-            f"\n{big.pending:,} vs {small.pending:,} pending lines (target: a one-line append costs "
-            f"what the appended bytes cost, a pass is flat): append through JobsFileReader "
-            f"x{x['reader_ms']:.1f} ({flat['reader_ms']}), the daemon's whole re-read "
-            f"x{x['sync_ms']:.0f} ({flat['sync_ms']}); blocked pass x{x['blocked_ms']:.1f} "
-            f"({flat['blocked_ms']}), placing pass x{x['placing_ms']:.1f} ({flat['placing_ms']});"
-            f" write-ahead state save x{x['save_ms']:.0f} ({flat['save_ms']})."
-        )
+        print_reloads(reloads)
     except KeyboardInterrupt:
         print("\ninterrupted: cleaning up", file=sys.stderr)
         return 130

@@ -17,11 +17,15 @@ path for it whatever the timing.
 The runner is started with ``python -I -S`` (``runner_argv``): it is stdlib-only, so it
 needs no site-packages (about 5 ms less per start) nor an installed package, and the
 daemon's PYTHONPATH cannot change it. ``python -m gpu_scheduler.runner SPEC`` does the same.
+In direct mode a warm host (``runner_host``, itself started that way) forks each runner
+instead, which takes the interpreter's start (12-20 ms of CPU here) off every job; the
+runner's Popen start remains the fallback whenever the host cannot answer.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -32,9 +36,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+import psutil
+
 from gpu_scheduler import runner
 from gpu_scheduler.adapters import processes
 from gpu_scheduler.adapters.exitwatch import ExitWatcher
+from gpu_scheduler.adapters.runnerhost import HostGone, RunnerHost
 from gpu_scheduler.adapters.screen import SESSION_NAME, ScreenSessions
 from gpu_scheduler.errors import LaunchError
 from gpu_scheduler.runner_records import read_record, write_record
@@ -199,20 +206,25 @@ class ScreenLauncher:
 
 
 class DirectLauncher:
-    """Each job's runner as a plain child in its own session (no terminal to attach to).
+    """Each job's runner in its own session (no terminal to attach to): forked by the warm
+    ``RunnerHost`` (``warm=True``, started at the first launch), else a plain child.
 
-    Runners are reaped the moment they exit, by one ``ExitWatcher`` thread, which then calls
-    the exit callback with the runner's pid. Register the callback before launching.
+    Runners are reaped the moment they exit (by the host, or by one ``ExitWatcher`` thread),
+    and the exit callback is then called with the runner's pid. Register it before launching.
     """
 
     mode = "direct"
 
-    def __init__(self, run_dir: Path, python_exe: str = sys.executable) -> None:
+    def __init__(self, run_dir: Path, python_exe: str = sys.executable, *, warm: bool = True) -> None:
         self.python_exe = _check_python(python_exe)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.warm = warm
         self._lock = threading.Lock()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._hosted: set[int] = set()  # runners the host forked (the host reaps them)
+        self._host: RunnerHost | None = None
+        self._host_lock = threading.Lock()
         self._on_exit: Callable[[int], None] | None = None
         self._watcher = ExitWatcher()
 
@@ -222,6 +234,10 @@ class DirectLauncher:
 
     def launch(self, req: LaunchRequest) -> LaunchedProcess:
         spec_path = _prepare(self.run_dir, req)
+        if self.warm:
+            hosted = self._launch_hosted(req, spec_path)
+            if hosted is not None:
+                return hosted
         try:
             req.log_path.parent.mkdir(parents=True, exist_ok=True)
             # The runner's own stderr (a crash, a launch failure) lands in the job's log.
@@ -242,15 +258,61 @@ class DirectLauncher:
         self._watcher.watch(str(proc.pid), proc.pid, self._reap)
         return LaunchedProcess(proc.pid, started if started is not None else time.time())
 
+    def _launch_hosted(self, req: LaunchRequest, spec_path: Path) -> LaunchedProcess | None:
+        """The runner forked by the warm host; None when the host cannot answer (then no child
+        of it can run the job, and the caller starts the runner itself)."""
+        try:
+            req.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(req.log_path, "ab"):  # the same check as the plain start's
+                pass
+        except OSError as exc:
+            raise LaunchError(f"cannot start the runner: {exc}") from None
+        request = {
+            "spec": str(spec_path), "log": str(req.log_path), "record": str(req.record_path),
+            "job_id": req.job_id, "attempt": req.attempt, "session": req.session,
+            "cwd": os.getcwd(),
+        }  # fmt: skip
+        with self._host_lock:
+            try:
+                if self._host is None or not self._host.alive:
+                    self._drop_host()
+                    self._host = RunnerHost(self.python_exe)
+                earliest_ns = processes.boot_clock_ns()
+                pid = self._host.start(request)
+                latest_ns = processes.boot_clock_ns()
+            except (OSError, HostGone):
+                self._drop_host()
+                return None
+            with self._lock:
+                self._hosted.add(pid)
+        started = processes.start_time_between(pid, earliest_ns, latest_ns)
+        self._watcher.watch(str(pid), pid, self._reap)
+        return LaunchedProcess(pid, started if started is not None else time.time())
+
+    def _drop_host(self) -> None:
+        if self._host is not None:
+            self._host.close()
+            self._host.release()
+            self._host = None
+
     def _reap(self, key: str) -> None:
+        pid = int(key)
         with self._lock:
-            proc = self._children.pop(int(key), None)
-        if proc is None:
+            proc = self._children.pop(pid, None)
+            hosted = pid in self._hosted
+            self._hosted.discard(pid)
+        if proc is not None:
+            proc.wait()
+        elif hosted:  # the host reaps its children: give it a moment, so the pid is gone
+            host, deadline = self._host, time.monotonic() + 0.5
+            while (host is not None and host.proc.poll() is None and psutil.pid_exists(pid)
+                   and time.monotonic() < deadline):  # fmt: skip
+                time.sleep(0.0005)
+        else:
             return
-        proc.wait()
         callback = self._on_exit
         if callback is not None:
-            callback(proc.pid)
+            callback(pid)
 
     def stop(self, pid: int, pid_started_at: float | None, session: str, grace_s: float) -> None:
         processes.terminate_tree(pid, grace_s, pid_started_at)
@@ -262,7 +324,10 @@ class DirectLauncher:
         return set()
 
     def close(self) -> None:
-        """Stop watching; runners still running are left alone (and no longer reaped)."""
+        """Stop watching and end the warm host; runners still running are left alone (and no
+        longer reaped by us)."""
+        with self._host_lock:
+            self._drop_host()
         self._watcher.close()
 
 

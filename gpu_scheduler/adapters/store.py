@@ -15,6 +15,13 @@ and no job runs twice. So:
   100,000 jobs behind it as with none. The daemon must ``append_history(jobs)`` BEFORE saving a
   state without them: a crash in between leaves a job in both (harmless, history is de-duplicated
   on read), never in neither.
+* Launches are written ahead cheaply: before the daemon starts a runner it appends the launched
+  jobs, fsynced, to ``<stem>.launches.jsonl`` (``append_launches``), a few hundred bytes however
+  big the state; the full save follows, coalesced, and empties that journal. Each line names the
+  state file it extends (inode and ``saved_at`` of the file last saved), so a restart
+  replays (``read_launches``) exactly the lines written after the file it loaded: a crash
+  between a full save and the journal's truncation replays nothing twice, and a line cut short
+  (its fsync never returned, so its runner never started) is skipped.
 
 One writer (the daemon) per state file; readers (the CLI) use ``read_only_snapshot``.
 """
@@ -37,19 +44,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
+from typing import IO, TYPE_CHECKING, Any
 
 from gpu_scheduler.core import codec
 from gpu_scheduler.core.model import Finished, Job
 from gpu_scheduler.errors import StateFileError
+from gpu_scheduler.schema_precheck import surely_valid
+
+if TYPE_CHECKING:  # jsonschema is imported only for a file that may be bad (80 ms)
+    from jsonschema import Draft202012Validator
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 HISTORY_VERSION = 1  # each history line carries its own "v"
+LAUNCH_JOURNAL_VERSION = 1  # each launch journal line carries its own "v"
 RESET_HINT = "`gpu-scheduler start --reset-state` moves the bad files aside for a deliberate fresh start"
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 _MAX_BAD_LINE_WARNINGS = 5
@@ -131,12 +140,33 @@ def state_schema() -> dict[str, Any]:
 
 
 @functools.cache
-def _validator() -> Draft202012Validator:
-    """The schema with each job checked only as an object: the codec checks jobs with the same
-    strictness and wording some 30x faster (jsonschema takes ~10 s for 10,000 jobs)."""
+def _header_schema() -> dict[str, Any]:
+    """The schema without the jobs' own: the codec checks jobs with the same strictness and
+    wording some 30x faster (jsonschema takes ~10 s for 10,000 jobs)."""
     schema = copy.deepcopy(state_schema())
     del schema["properties"]["jobs"]["items"]
-    return Draft202012Validator(schema)
+    return schema
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(_header_schema())
+
+
+def _header_error(doc: dict[str, Any]) -> str:
+    """What is wrong with the file outside its jobs, in jsonschema's words; "" if nothing."""
+    if surely_valid(doc, _header_schema()):
+        return ""
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator().iter_errors(doc))
+    if error is None:
+        return ""
+    where = _dotted(list(error.absolute_path))
+    message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+    return f"{where}: {message}" if where else message
 
 
 def _show(value: Any) -> str:
@@ -177,13 +207,11 @@ def _decode(raw: bytes) -> SavedState:
     except ValueError as exc:  # NaN/Infinity, or an integer with too many digits
         raise _Unusable(f"not valid JSON: {exc}") from None
     doc = _migrate(doc)
-    error = best_match(_validator().iter_errors(doc))
-    if error is not None:
-        where = _dotted(list(error.absolute_path))
-        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
-        raise _Unusable(f"{where}: {message}" if where else message)
+    problem = _header_error(doc)
+    if problem:
+        raise _Unusable(problem)
     try:
-        jobs = tuple(codec.job_from_dict(d, f"jobs[{i}]") for i, d in enumerate(doc["jobs"]))
+        jobs = codec.jobs_from_dicts(doc["jobs"], "jobs")
     except codec.DecodeError as exc:
         raise _Unusable(str(exc)) from None
     duplicate = _first_duplicate(jobs)
@@ -288,6 +316,12 @@ class StateStore:
         self.history = self.path.with_name(self.path.stem + ".history.jsonl")
         self._main_is_good: bool | None = None  # may the current file become the backup?
         self._encoded: _Encoded = {}  # the last save's jobs and their JSON
+        self.launches = self.path.with_name(self.path.stem + ".launches.jsonl")
+        self._saved_as: list[float] | None = None  # [inode, saved_at] of the last save
+        self._loaded_as: list[float] | None = None  # ... of the main file ``load`` used
+        self._journal_lines = -1  # launch lines since the last full save (-1: unknown, e.g. a
+        # dead daemon's, or an older state's after a reset): the next full save empties the file
+        self._journal_named = False  # is the journal's name durable (folder fsynced since)?
 
     # ------------------------------------------------------------------ loading
 
@@ -302,6 +336,10 @@ class StateStore:
         if result is None:
             return None
         self._main_is_good = not result.from_backup
+        self._loaded_as = None
+        if not result.from_backup:
+            with contextlib.suppress(OSError):
+                self._loaded_as = _identity(os.stat(self.path), result.state.saved_at)
         if result.from_backup and self.path.exists():
             try:  # a courtesy for the post-mortem: never a reason not to start
                 kept = self._move_aside(self.path, _stamp(time.time()), keep=True)
@@ -385,6 +423,7 @@ class StateStore:
                 for chunk in chunks:
                     _write_all(fd, chunk)
                 os.fsync(fd)
+                saved_as = _identity(os.fstat(fd), state.saved_at)
             finally:
                 os.close(fd)
             if rotate:
@@ -396,6 +435,7 @@ class StateStore:
             tmp, replaced = None, True
             self._main_is_good = True
             _fsync_folder(folder)
+            self._saved_as = saved_as
         except OSError as exc:
             for leftover in (tmp, link_tmp):
                 if leftover is not None:
@@ -409,6 +449,105 @@ class StateStore:
             raise StateFileError(
                 f"{self.path}: cannot save the scheduler state: {_reason(exc)}; {after}"
             ) from exc
+        self._clear_launches()
+
+    # ------------------------------------------------------------------ the launch journal
+
+    def append_launches(self, jobs: Sequence[Job], next_seq: int) -> None:
+        """Write ahead a pass's launches: one line per job (as it is now: running, its runner
+        not started yet), all in one write, fdatasynced before this returns. The next full save
+        empties the journal. Raises StateFileError, having cut off any partial line; then no
+        runner may start (the caller takes the launches back)."""
+        if self._saved_as is None:
+            raise StateFileError(
+                f"{self.launches}: no state saved yet for launches to extend; save first"
+            )
+        try:
+            head = _dumps({"v": LAUNCH_JOURNAL_VERSION, "base": self._saved_as,
+                           "next_seq": next_seq})[:-1]  # fmt: skip
+            lines = [f'{head},"job":{_dumps(codec.job_to_dict(job))}}}' for job in jobs]
+        except ValueError as exc:
+            raise StateFileError(f"{self.launches}: cannot write a launch ahead: {exc}") from exc
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("ascii")
+        fd: int | None = None
+        size: int | None = None
+        try:
+            fd = os.open(self.launches, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # end a line cut short by a crash, so it spoils only itself
+            _write_all(fd, data)
+            os.fdatasync(fd)
+            if not self._journal_named:
+                _fsync_folder(self.launches.parent)  # a new file's name must survive too
+                self._journal_named = True
+        except OSError as exc:
+            if fd is not None and size is not None:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            raise StateFileError(
+                f"{self.launches}: cannot write a launch ahead: {_reason(exc)}"
+            ) from exc
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if self._journal_lines >= 0:
+            self._journal_lines += len(lines)
+
+    def read_launches(self) -> tuple[list[Job], int]:
+        """The launches written ahead after the state file ``load`` returned (none when it fell
+        back to the backup, or nothing was loaded), in order, with the highest ``next_seq`` they
+        carry (0 if none). Lines for another state file, and bad lines, are skipped: a line
+        cut short was never fsynced, so its runner never started."""
+        jobs: list[Job] = []
+        next_seq = 0
+        if self._loaded_as is None:
+            return jobs, next_seq
+        bad = _BadLines(self.launches)
+        try:
+            with open(self.launches, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return jobs, next_seq
+        except OSError as exc:
+            raise StateFileError(
+                f"{self.launches}: cannot read the launch journal: {_reason(exc)}"
+            ) from exc
+        for line_no, line in enumerate(raw.splitlines(keepends=True), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if record.get("v") != LAUNCH_JOURNAL_VERSION:
+                    raise ValueError(f"unknown journal version {record.get('v')!r}")
+                if record["base"] != self._loaded_as:
+                    continue  # written before the loaded file was saved: it holds them already
+                job = codec.job_from_dict(record["job"], "job")
+                seq = int(record["next_seq"])
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+                bad.report(f"line {line_no}", line, exc)
+                continue
+            jobs.append(job)
+            next_seq = max(next_seq, seq)
+        bad.summary()
+        return jobs, next_seq
+
+    def _clear_launches(self) -> None:
+        """Empty the journal after a full save (which holds its launches). Not fsynced, and a
+        failure is only logged: lines left behind name an older state file, so no restart
+        replays them."""
+        if self._journal_lines == 0:
+            return
+        try:
+            os.truncate(self.launches, 0)  # (kept, not removed: its name stays durable)
+        except FileNotFoundError:
+            self._journal_named = False
+        except OSError as exc:
+            log.warning("%s: cannot empty the launch journal: %s", self.launches, _reason(exc))
+            return
+        self._journal_lines = 0
 
     def _temp_name(self, tag: str) -> Path:
         """``.<name>.<tag>.<pid>.<random>.tmp``: hidden, unique, and traceable to its writer."""
@@ -635,6 +774,14 @@ def _lines_backwards(f: IO[bytes], block: int = 1 << 16) -> Iterator[bytes]:
             yield parts[-1]
         for part in reversed(parts[:-1]):
             yield part + b"\n"
+
+
+def _identity(st: os.stat_result, saved_at: float) -> list[float]:
+    """What tells one saved state file from every other: its inode and ``saved_at`` (a JSON
+    list, as each launch journal line carries it). Not the device number: that may change
+    at a reboot, after which the journal matters most (a job that finished before a power cut
+    must be found finished, not started again)."""
+    return [st.st_ino, saved_at]
 
 
 def _stamp(now: float) -> str:

@@ -2,15 +2,17 @@
 
 Screen sessions and runners outlive the daemon, so nothing is assumed: the daemon gathers the
 facts (the runner's exit record, whether its pid is alive with the same start time) and this
-module turns them into the same transitions a live daemon would have made.
+module turns them into the same transitions a live daemon would have made. Launches written
+ahead to the journal after the last full save are laid over the saved jobs first
+(``replay_launches``), so they are reconciled like any launch the state file names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
-from gpu_scheduler.core.model import Notice, Running, Stop
+from gpu_scheduler.core.model import Job, Notice, Running, Stop
 from gpu_scheduler.core.scheduler import Scheduler
 
 
@@ -23,6 +25,26 @@ class RunFacts:
     pid: int | None = None  # the runner's pid, from the state or its start record
     pid_started_at: float | None = None
     alive: bool = False  # that pid is alive AND has that start time
+
+
+def replay_launches(
+    saved: Iterable[Job], launched: Iterable[Job], archived: Collection[str]
+) -> tuple[Job, ...]:
+    """The saved jobs with the launches written ahead after that save laid over them, in order.
+
+    Each launched job replaces the saved job with its id (or is added: its line may have been
+    read after the save), so what ``reconcile`` then sees is exactly what a full save at the
+    moment of the write-ahead would have held for those jobs: running, runner not yet known.
+    Defensively, a launch never takes a job back: one the saved state already shows at that
+    attempt or later, or one already in the history, is left as saved.
+    """
+    jobs = {job.job_id: job for job in saved}
+    for job in launched:
+        known = jobs.get(job.job_id)
+        if job.job_id in archived or (known is not None and known.attempts >= job.attempts):
+            continue
+        jobs[job.job_id] = job
+    return tuple(jobs.values())
 
 
 def reconcile(scheduler: Scheduler, facts: Mapping[str, RunFacts], now: float) -> list[Notice]:

@@ -48,7 +48,7 @@ from gpu_scheduler.core.model import (
     Succeeded,
     TimedOut,
 )
-from gpu_scheduler.core.recovery import RunFacts, reconcile, resumed_stops
+from gpu_scheduler.core.recovery import RunFacts, reconcile, replay_launches, resumed_stops
 from gpu_scheduler.core.scheduler import Policy, Scheduler
 from gpu_scheduler.daemon import SAVE_INTERVAL_S, Daemon
 from gpu_scheduler.daemon_control import handle_command
@@ -626,8 +626,12 @@ def test_failed_saves_stop_launching_say_so_and_launching_resumes(
         assert "state_saved" in daemon_log.events() and not daemon.save_error
         ping = handle_command(daemon, {"cmd": "ping"}, daemon.clock.now())
         assert ping["daemon"]["save_error"] == ""
-        saved = StateStore(tmp_path / "state" / "state.json").read_only_snapshot()
-        assert saved is not None and [j.state for j in saved.jobs] == ["running"]
+        # What a restart would find: the saved state with the launch written ahead over it.
+        restart = StateStore(tmp_path / "state" / "state.json")
+        loaded = restart.load()
+        assert loaded is not None
+        jobs = replay_launches(loaded.state.jobs, restart.read_launches()[0], ())
+        assert [j.state for j in jobs] == ["running"]
     finally:
         _close(daemon)
 
