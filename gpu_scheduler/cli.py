@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("start", help="run the scheduler (foreground; Ctrl-C stops it gracefully)")
     _config_arg(p)
     p.add_argument("--daemon", action="store_true", help="detach and run in the background")
-    p.add_argument("--mode", choices=["screen", "direct"], help="override execution.mode")
+    p.add_argument("--mode", choices=["screen", "direct", "ray"], help="override execution.mode")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--reset-state", action="store_true",
                    help="move a bad state file aside and start fresh (jobs.txt is re-read)")
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, verb in [("pause-gpu", "pause"), ("resume-gpu", "resume")]:
         p = sub.add_parser(name, help=f"{verb} a GPU (or 'all'): paused GPUs get no new work")
         _config_arg(p)
-        p.add_argument("gpu", help="GPU index or 'all'")
+        p.add_argument("gpu", help="GPU index or 'all'; on Ray also NODE or NODE:K "
+                       "(NODE as status shows it, or the start of its node id)")
 
     p = sub.add_parser("screens", help="list the live job screen sessions")
     _config_arg(p)

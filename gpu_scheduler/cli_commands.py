@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +39,8 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StateLock:
+        import fcntl
+
         make_state_folder(self.path.parent)
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -137,11 +136,18 @@ def cmd_start(args: argparse.Namespace) -> int:
             moved = store.reset()
             if moved is not None:
                 logger.warning("moved the old state file aside to %s", moved)
-        probe, warnings = make_probe_for(settings)
+        if mode == "ray":  # the cluster is both the probe and the launcher
+            from gpu_scheduler.adapters.ray_cluster import connect
+
+            probe, launcher = connect(settings.execution.ray.address, paths.state_dir,
+                                      python=settings.execution.ray.python)
+            warnings: list[str] = []
+        else:
+            probe, warnings = make_probe_for(settings)
+            launcher = make_launcher(mode, settings)
         for warning in warnings:
             logger.warning(warning)
-        daemon = Daemon(settings, probe=probe, launcher=make_launcher(mode, settings),
-                        store=store, mode=mode)
+        daemon = Daemon(settings, probe=probe, launcher=launcher, store=store, mode=mode)
         _install_signals(daemon)
         paths.pid_file.write_text(f"{os.getpid()}\n")
         try:
@@ -154,6 +160,8 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def _install_signals(daemon: Any) -> None:
     """First SIGINT/SIGTERM: graceful stop (jobs keep running). Second: exit now."""
+    import signal
+
     seen = {"count": 0}
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -168,6 +176,8 @@ def _install_signals(daemon: Any) -> None:
 
 
 def _start_detached(args: argparse.Namespace, settings: Settings) -> int:
+    import subprocess
+
     from gpu_scheduler.adapters.control import is_daemon_listening
 
     paths = _paths(settings)
@@ -250,7 +260,7 @@ def _gpu_arg(value: str) -> int | str:
     try:
         return int(value)
     except ValueError:
-        raise GpuSchedulerError(f"expected a GPU index or 'all', got {value!r}") from None
+        return value  # a Ray node (NODE or NODE:K): the daemon knows the nodes
 
 
 def cmd_pause_gpu(args: argparse.Namespace) -> int:

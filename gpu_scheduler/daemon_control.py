@@ -20,7 +20,29 @@ def _gpus(daemon: Daemon, value: Any) -> list[int]:
         return [value]
     if isinstance(value, list) and all(isinstance(v, int) for v in value):
         return value
+    if isinstance(value, str) and any(g.node for g in daemon.gpus):
+        return _node_gpus(daemon, value)
     raise ValueError(f"expected a GPU index or 'all', got {value!r}")
+
+
+def _node_gpus(daemon: Daemon, value: str) -> list[int]:
+    """``NODE`` (all its GPUs) or ``NODE:K`` (its K-th GPU) on a cluster; NODE is the start of
+    the node id or its name as status shows it (``10.0.0.5/3f2a1b``)."""
+    node, _, local = value.partition(":") if value.count(":") == 1 else (value, "", "")
+    by_node: dict[str, list[tuple[int, str]]] = {}
+    for g in daemon.gpus:
+        by_node.setdefault(g.node, []).append((g.index, g.name.rsplit(" GPU ", 1)[0]))
+    hits = [n for n, gs in by_node.items() if n and (n.startswith(node) or gs[0][1] == node)]
+    if len(hits) != 1:
+        names = ", ".join(gs[0][1] for n, gs in by_node.items() if n) or "none"
+        what = "matches several nodes" if hits else "is not a GPU index, 'all' or a node"
+        raise ValueError(f"{value!r} {what}; nodes: {names}")
+    gpus = sorted(i for i, _ in by_node[hits[0]])
+    if not local:
+        return gpus
+    if not local.isdigit() or int(local) >= len(gpus):
+        raise ValueError(f"node {hits[0][:6]} has GPUs 0-{len(gpus) - 1}, not {local!r}")
+    return [gpus[int(local)]]
 
 
 def handle_command(daemon: Daemon, request: dict[str, Any], now: float) -> dict[str, Any]:

@@ -228,8 +228,16 @@ class StatusScreen:
             ("util", {"min_width": mini_w + 5}),
             ("jobs", {"ratio": 1}),
         ]
+        out: list[RenderableType] = [section_title(title)]
+        node = None
         table = LineTable(*cols)
         for g in gpus:
+            if g.get("node") and g["node"] != node:  # a cluster: one table per node
+                if node is not None:
+                    out.append(table)
+                    table = LineTable(*cols)
+                node = g["node"]
+                out.append(Text(f" node {node}", style="bold cyan"))
             cells: list[RenderableType] = [self._gpu_label(g)]
             if roomy:
                 cells.append(str(g["name"]).replace("NVIDIA ", ""))
@@ -250,7 +258,7 @@ class StatusScreen:
             )
             cells.append(self._gpu_jobs(g, roomy))
             table.add_row(*cells)
-        return [section_title(title), table]
+        return [*out, table]
 
     @staticmethod
     def _gpu_label(g: Row) -> Text:
@@ -352,7 +360,7 @@ class StatusScreen:
             ]
             if wide or self.detailed:
                 cells.append(str(r["pid"]) if r["pid"] else "…")
-            cells.append(r["session"] if r["pid"] else f"{r['session']} (launching)")
+            cells.append(r["session"] if r["pid"] is not None else f"{r['session']} (launching)")
             table.add_row(*cells)
         yield table
         for r in rows:

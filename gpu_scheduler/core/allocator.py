@@ -16,15 +16,20 @@ The exact rule, per GPU g, given our jobs' shares ``used[g]`` (milli-GPU):
   probe); when the probe cannot list processes, our jobs are assumed to use their full share.
 
 A share s <= 1000 goes to one GPU with free >= s; s > 1000 takes k = ceil(s/1000) GPUs with
-ceil(s/k) each, all or nothing. Best fit: the GPUs left with the least free share, which keeps
-whole GPUs free for big jobs.
+ceil(s/k) each, all or nothing, and all on one node (a cluster's GPUs carry the node they are
+on; this machine's GPUs are all on node ""). Best fit: the GPUs left with the least free share,
+which keeps whole GPUs free for big jobs.
+
+On a cluster (``GpuSnapshot.node_used`` set, e.g. Ray's own count of GPUs taken on a node),
+work on a node that is not ours (``node_used`` - our shares there) takes capacity from that
+node's GPUs, emptiest first, so we never submit more than the cluster says is free.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from gpu_scheduler.core.model import GpuSnapshot, Placement
 from gpu_scheduler.core.units import ONE_GPU, gpus_needed, share_per_gpu
@@ -39,6 +44,7 @@ class GpuRoom:
     used: int  # milli-GPU held by our running jobs
     usable: bool = True
     reason: str = ""  # why unusable, for status and logs
+    node: str = ""  # the cluster node it is on ("" = this machine)
 
     @property
     def free(self) -> int:
@@ -94,7 +100,8 @@ def assess(
     out-of-memory there); the caller drops the holds that are met (``oom_holds_left``)."""
     rooms: dict[int, GpuRoom] = {}
     holds = oom_holds or {}
-    for gpu in gpus:
+    gpus_seen = tuple(gpus)
+    for gpu in gpus_seen:
         ours = used.get(gpu.index, 0)
         reason = ""
         capacity = ONE_GPU
@@ -132,8 +139,32 @@ def assess(
             used=ours,
             usable=not reason,
             reason=reason,
+            node=gpu.node,
         )
+    _take_foreign_node_work(rooms, gpus_seen)
     return rooms
+
+
+def _take_foreign_node_work(rooms: dict[int, GpuRoom], gpus: Sequence[GpuSnapshot]) -> None:
+    """Lower capacities by the work a cluster manager counts on a node that is not ours."""
+    foreign: dict[str, int] = {}
+    for gpu in gpus:
+        if gpu.node_used is not None:
+            foreign[gpu.node] = gpu.node_used
+    if not foreign:
+        return
+    for room in rooms.values():
+        if room.node in foreign:
+            foreign[room.node] -= room.used
+    for node, left in foreign.items():
+        members = sorted((r for r in rooms.values() if r.node == node and r.usable),
+                         key=lambda r: (-r.free, r.index))
+        for room in members:
+            if left <= 0:
+                break
+            taken = min(left, room.free)
+            left -= taken
+            rooms[room.index] = replace(room, capacity=room.capacity - taken)
 
 
 def candidates(
@@ -171,7 +202,21 @@ def place(
         fits.sort(key=lambda g: (free[g] - per, g))
     else:
         fits.sort()
+    if k > 1:  # a gang stays on one node: the node whose chosen GPUs fit it best
+        gangs = [picked[:k] for picked in _by_node(fits, rooms).values() if len(picked) >= k]
+        if not gangs:
+            return None
+        chosen = min(gangs, key=lambda gs: (sum(free[g] for g in gs) if best_fit else 0, gs))
+        return Placement(gpus=tuple(sorted(chosen)), share_per_gpu=per)
     return Placement(gpus=tuple(sorted(fits[:k])), share_per_gpu=per)
+
+
+def _by_node(ordered: Sequence[int], rooms: Mapping[int, GpuRoom]) -> dict[str, list[int]]:
+    """GPUs grouped by node, each group keeping the given order."""
+    groups: dict[str, list[int]] = {}
+    for g in ordered:
+        groups.setdefault(rooms[g].node, []).append(g)
+    return groups
 
 
 def reserve(
@@ -199,14 +244,32 @@ def reserve(
     if len(able) < k:
         return None
     able.sort(key=lambda g: (-free[g], g))
+    if k > 1:
+        gangs = [held[:k] for held in _by_node(able, rooms).values() if len(held) >= k]
+        if not gangs:
+            return None
+        return tuple(sorted(max(gangs, key=lambda gs: (sum(free[g] for g in gs), [-g for g in gs]))))
     return tuple(sorted(able[:k]))
 
 
-def never_fits(share: int, gpu_indices: Collection[int], allowed: Collection[int] | None) -> str:
-    """Why a share can never be placed on this machine, or "" when it can."""
+def never_fits(
+    share: int,
+    gpu_indices: Collection[int],
+    allowed: Collection[int] | None,
+    nodes: Mapping[int, str] | None = None,
+) -> str:
+    """Why a share can never be placed on this machine (or any one node), or "" when it can."""
     k = gpus_needed(share)
     pool = [g for g in gpu_indices if allowed is None or g in allowed]
-    if k <= len(pool):
+    per_node: dict[str, int] = {}
+    for g in pool:
+        node = (nodes or {}).get(g, "")
+        per_node[node] = per_node.get(node, 0) + 1
+    most = max(per_node.values(), default=0)
+    if k <= most:
         return ""
+    if len(per_node) > 1:
+        return f"needs {k} GPUs on one node but the largest node has {most}" + (
+            " allowed" if allowed is not None else "")
     where = "allowed" if allowed is not None else "on this machine"
     return f"needs {k} GPUs but only {len(pool)} {'is' if len(pool) == 1 else 'are'} {where}"

@@ -117,7 +117,8 @@ def plan_pass(
             s.preempt_holds.pop(job.job_id, None)
             continue
         blocked.add(bucket.cls)
-        never = allocator.never_fits(job.share, s.gpu_indices, job.spec.allowed_gpus)
+        never = allocator.never_fits(job.share, s.gpu_indices, job.spec.allowed_gpus,
+                                     {g: room.node for g, room in rooms.items()})
         if never:
             waiting[job.job_id] = never
             continue

@@ -3,8 +3,9 @@
 Only jobs less urgent than the waiting one by at least ``min_priority_gap`` (a larger priority
 number) and pushed back fewer than ``max_preemptions_per_job`` times are candidates. On each GPU
 victims are taken in order: lowest priority first, then the most recently started (least work
-lost), until the slice fits. The GPUs whose victim sets cost least are chosen, and finally any
-victim whose removal still leaves enough room is spared, so no job is preempted needlessly.
+lost), until the slice fits. The GPUs whose victim sets cost least are chosen (a gang's all on
+one node, as it will be placed), and finally any victim whose removal still leaves enough room
+is spared, so no job is preempted needlessly.
 """
 
 from __future__ import annotations
@@ -81,10 +82,16 @@ def plan_preemption(
             cost = (len(chosen), sum(-v.spec.priority for v in chosen),
                     sum(-v.status.started_at for v in chosen))  # type: ignore[union-attr]
             options.append((cost, g, chosen))
-    if len(options) < k:
-        return None
     options.sort(key=lambda o: (o[0], o[1]))
-    picked = options[:k]
+    # A gang stays on one node (allocator.place): the k cheapest GPUs of the cheapest node.
+    by_node: dict[str, list[tuple[tuple[int, int, float], int, list[Job]]]] = {}
+    for option in options:
+        by_node.setdefault(rooms[option[1]].node, []).append(option)
+    gangs = [found[:k] for found in by_node.values() if len(found) >= k]
+    if not gangs:
+        return None
+    picked = min(gangs, key=lambda gang: (
+        tuple(sum(cost[i] for cost, _, _ in gang) for i in range(3)), [g for _, g, _ in gang]))
     gpus = tuple(sorted(g for _, g, _ in picked))
     victims: list[Job] = []
     for _, _, chosen in picked:

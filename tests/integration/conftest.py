@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import DaemonHarness
+from tests.integration.ray_cluster import ray_cluster  # noqa: F401  (session fixture)
 
 
 @pytest.fixture
