@@ -422,8 +422,12 @@ class Daemon:
         pids: set[int] = set()
         trees: dict[str, set[int]] = {}
         if self.remote:
-            for new in self.scheduler.add_gpus(g.index for g in self.gpus):
-                log.info("GPU %d joined the cluster", new, extra={"event": "gpu_joined"})
+            joined = self.scheduler.add_gpus(g.index for g in self.gpus)
+            if joined:  # lines too big for the cluster until now may fit: check them again
+                log.info("GPUs %s joined the cluster", joined, extra={"event": "gpu_joined"})
+                self.source.set_gpus(self.scheduler.gpu_indices,
+                                     {g.index: g.node for g in self.gpus if g.node})
+                self._read_jobs(include_partial=self._jobs_write_age() >= self._quiet_s)
         for job_id in self.scheduler.running_ids:
             run = self.scheduler.jobs[job_id].status
             if not isinstance(run, Running) or run.pid is None or self.remote:

@@ -103,6 +103,16 @@ class JobSource:
         self._kept_for_resolver = 0
         self._resolver = AppendResolver()
 
+    def set_gpus(self, gpu_indices: Sequence[int], gpu_nodes: Mapping[int, str]) -> None:
+        """The GPUs lines are checked against changed (a cluster node joined): forget what was
+        kept, so the next read checks every line again."""
+        self.gpu_indices, self.gpu_nodes = tuple(gpu_indices), dict(gpu_nodes)
+        self._readers.clear()
+        self._shares.clear()
+        self._layout = []
+        self._kept_for_resolver = 0
+        self._resolver = AppendResolver()
+
     def watched_paths(self) -> list[Path]:
         """What the file watcher should follow: the jobs file/folder/glob and llm_config."""
         if is_pattern(self.jobs_file):

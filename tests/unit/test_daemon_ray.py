@@ -267,3 +267,21 @@ def test_a_job_that_never_reached_ray_before_a_crash_is_submitted_once_after_it(
     cluster.until(second, lambda: cluster.api.submitted, "the submission")
     cluster.settle(second)
     assert list(cluster.api.submitted) == [f"{job_id}-2"]
+
+
+def test_a_line_too_big_for_any_node_runs_once_a_big_enough_node_joins(
+    make_cluster: object,
+) -> None:
+    cluster: Cluster = make_cluster({"n1": 2})  # type: ignore[operator]
+    cluster.jobs("0, job.py, , , gpus=4 name=big")
+    daemon = cluster.start()
+    cluster.settle(daemon)
+    [error] = daemon.errors
+    assert error.line_no == 1 and "needs 4 GPUs" in error.message
+    assert not cluster.api.submitted
+    cluster.api.gpus["n2"] = 4  # a 4-GPU machine joins the cluster
+    cluster.until(daemon, lambda: len(cluster.api.submitted) == 1, "the big job submitted")
+    assert daemon.errors == ()
+    big = daemon.scheduler.jobs[cluster.job_id(daemon, "big")].status
+    assert isinstance(big, Running) and big.gpus == (2, 3, 4, 5)
+    assert cluster.api.submitted[cluster.job_id(daemon, "big")].node_id == "n2"
