@@ -136,6 +136,8 @@ def cmd_start(args: argparse.Namespace) -> int:
             moved = store.reset()
             if moved is not None:
                 logger.warning("moved the old state file aside to %s", moved)
+            # Ray mode: a new owner token, so jobs of the old state are not taken for ours
+            (paths.state_dir / "ray_gpus.json").unlink(missing_ok=True)
         if mode == "ray":  # the cluster is both the probe and the launcher
             from gpu_scheduler.adapters.ray_cluster import connect
 

@@ -148,6 +148,7 @@ class Daemon:
         self._partial_since: float | None = None  # a half-written last line is being held back
         self._last_file_event = 0.0
         self._in_flight = 0  # launches submitted and not yet reported
+        self._probe_due = False  # Ray mode: submissions reported since the last probe
         self._own_pids: frozenset[int] = frozenset()
         self.stopping = False
         self.exit_requested = False
@@ -282,6 +283,8 @@ class Daemon:
 
     def _on_launched(self, event: Event, now: float) -> None:
         self._in_flight -= 1
+        if self.remote:  # probe the cluster again before the next pass
+            self._probe_due, self._next_monitor = True, 0.0
         if not self._current(event):
             return
         pid, started = event.data["pid"], event.data["pid_started_at"]
@@ -412,6 +415,7 @@ class Daemon:
         Marks the state dirty only when what it shows changed (GPU snapshot, overruns; stops
         change jobs, which marks it too): an idle daemon does not rewrite its state every tick.
         The rolling metrics and the heartbeat ride on the next save (``_maybe_save``)."""
+        self._probe_due = False
         shown = (self.gpus, self.overruns)
         jobs = self.scheduler.jobs
         running = [(job_id, jobs[job_id]) for job_id in self.scheduler.running_ids]
@@ -460,6 +464,8 @@ class Daemon:
     def _pass(self) -> None:
         if self.save_error:
             return
+        if self.remote and (self._in_flight or self._probe_due):
+            return  # Ray's count of each node must include our last submissions first
         report = self.scheduler.schedule(self.gpus, self.clock.now(), self._own_pids)
         for notice in report.notices:  # backlog lines taken into the queue
             self._log_notice(notice)

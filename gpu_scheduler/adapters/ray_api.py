@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gpu_scheduler.core.units import ONE_GPU
@@ -45,7 +45,9 @@ class RayJob:
     status: str  # PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED
     exit_code: int | None = None
     message: str = ""
-    node_id: str = ""
+    node_id: str = ""  # where its driver runs (once placed)
+    num_gpus: float = 0.0  # what it asked Ray for
+    metadata: dict[str, str] = field(default_factory=dict)  # ours: owner token, pinned node
 
     @property
     def finished(self) -> bool:
@@ -140,6 +142,9 @@ class RealRayApi:
                 exit_code=info.driver_exit_code,
                 message=info.message or "",
                 node_id=info.driver_node_id or "",
+                num_gpus=float(getattr(info, "entrypoint_num_gpus", None)
+                               or (info.metadata or {}).get("num_gpus") or 0),
+                metadata=dict(info.metadata or {}),
             )
         return found
 
@@ -192,9 +197,10 @@ class FakeRayJob:
     num_cpus: float
     node_id: str
     env: dict[str, str]
-    status: str = "RUNNING"
+    status: str = "RUNNING"  # set "PENDING" by a test: Ray has not placed it (not counted)
     exit_code: int | None = None
     log: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class FakeRayApi:
@@ -230,7 +236,8 @@ class FakeRayApi:
             if submission_id in self.submitted:
                 raise RuntimeError(f"Job with submission_id {submission_id} already exists.")
             self.submitted[submission_id] = FakeRayJob(submission_id, entrypoint, num_gpus,
-                                                       num_cpus, node_id, dict(env))
+                                                       num_cpus, node_id, dict(env),
+                                                       metadata=dict(metadata))
 
     def finish(self, submission_id: str, exit_code: int, log_text: str = "") -> None:
         with self._lock:
@@ -240,7 +247,8 @@ class FakeRayApi:
 
     def jobs(self) -> dict[str, RayJob]:
         with self._lock:
-            return {sid: RayJob(sid, j.status, j.exit_code, "", j.node_id)
+            return {sid: RayJob(sid, j.status, j.exit_code, "", j.node_id, j.num_gpus,
+                                dict(j.metadata))
                     for sid, j in self.submitted.items()}
 
     def stop(self, submission_id: str) -> None:

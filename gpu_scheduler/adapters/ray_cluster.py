@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shlex
 import threading
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from gpu_scheduler.adapters.ray_api import (  # noqa: F401  (re-exported for cal
 from gpu_scheduler.core.model import GpuSnapshot, Running
 from gpu_scheduler.core.recovery import RunFacts
 from gpu_scheduler.core.scheduler import Scheduler
+from gpu_scheduler.core.units import ONE_GPU
 from gpu_scheduler.errors import LaunchError
 
 log = logging.getLogger("gpu_scheduler.ray")
@@ -64,34 +66,64 @@ class GpuTable:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.nodes: dict[str, tuple[int, int, str]] = {}  # node id -> (base, count, name)
+        # Marks the Ray jobs this scheduler (this state) submitted: a job id can come back
+        # from another scheduler on the cluster, or from before a --reset-state.
+        self.owner = secrets.token_hex(6)
         if path is not None and path.exists():
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                for row in json.loads(path.read_text())["nodes"]:
+            try:
+                data = json.loads(path.read_text())
+                self.owner = str(data.get("owner") or self.owner)
+                for row in data["nodes"]:
                     self.nodes[row["node_id"]] = (int(row["base"]), int(row["gpus"]),
                                                   str(row.get("name", "")))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise RayUnavailable(
+                    f"{path} is unreadable ({exc}); it maps Ray nodes to our GPU indices, which "
+                    "the state's running jobs refer to. Restore it, or start with --reset-state."
+                ) from None
+        if path is not None and not path.exists():
+            self._write()
 
     def learn(self, nodes: list[RayNode]) -> bool:
-        """Give new nodes (head first, then by id) a block of indices; True if any was new."""
+        """Give new nodes (head first, then by id) a block of indices; True if any was new.
+        Copy on write: launch workers read ``nodes`` while the loop thread learns."""
+        known = dict(self.nodes)
         new = [n for n in sorted(nodes, key=lambda n: (not n.is_head, n.node_id))
-               if n.node_id not in self.nodes and n.gpus > 0]
+               if n.node_id not in known and n.gpus > 0]
         alive = {n.node_id for n in nodes}
         for node in new:
             # A restarted node comes back under a new id: it takes over the block of a gone
             # node at the same address with as many GPUs, so indices do not pile up.
-            gone = [k for k, (_, c, name) in self.nodes.items() if k not in alive
+            gone = [k for k, (_, c, name) in known.items() if k not in alive
                     and c == node.gpus and name.split("/")[0] == node.address]
             if gone:
-                base = self.nodes.pop(gone[0])[0]
+                base = known.pop(gone[0])[0]
             else:
-                base = max((b + c for b, c, _ in self.nodes.values()), default=0)
-            self.nodes[node.node_id] = (base, node.gpus, node.name)
-        if new and self.path is not None:
-            rows = [{"node_id": k, "base": b, "gpus": c, "name": n}
-                    for k, (b, c, n) in sorted(self.nodes.items(), key=lambda kv: kv[1][0])]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"nodes": rows}, indent=1))
-            os.replace(tmp, self.path)
+                base = max((b + c for b, c, _ in known.values()), default=0)
+            known[node.node_id] = (base, node.gpus, node.name)
+        if new:
+            self.nodes = known
+            self._write()
         return bool(new)
+
+    def _write(self) -> None:
+        """Durably (tmp, fsync, rename, fsync folder): indices must survive a power cut."""
+        if self.path is None:
+            return
+        rows = [{"node_id": k, "base": b, "gpus": c, "name": n}
+                for k, (b, c, n) in sorted(self.nodes.items(), key=lambda kv: kv[1][0])]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"owner": self.owner, "nodes": rows}, indent=1))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def node_of(self, gpu: int) -> str:
         for node_id, (base, count, _) in self.nodes.items():
@@ -121,10 +153,17 @@ class RayProbe:
 
     def snapshot(self) -> tuple[GpuSnapshot, ...]:
         error = ""
+        waiting: dict[str, int] = {}
         try:
             alive = self.api.nodes()
             self.table.learn(alive)
             self.nodes = {n.node_id: n for n in alive}
+            # Ray counts a job once it has placed it; ours it has not placed yet are taken too
+            # (the allocator takes our own shares out of node_used to find foreign work).
+            for job in self.api.jobs().values():
+                if job.status == "PENDING" and job.metadata.get("owner") == self.table.owner:
+                    node = job.metadata.get("node", "")
+                    waiting[node] = waiting.get(node, 0) + round(job.num_gpus * ONE_GPU)
         except Exception as exc:  # the loop must survive a cluster hiccup
             error = f"Ray cluster not reachable: {exc}"
             self.nodes = {}
@@ -138,7 +177,7 @@ class RayProbe:
                     snap = replace(snap, healthy=False,
                                    error=error or f"Ray node {name} is not alive")
                 else:
-                    snap = replace(snap, node_used=node.used)
+                    snap = replace(snap, node_used=node.used + waiting.get(node_id, 0))
                 snaps.append(snap)
         return tuple(snaps)
 
@@ -174,6 +213,7 @@ class RayLauncher:
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._unreachable = False
+        self._ran: set[str] = set()  # sessions seen RUNNING: a later FAILED is not a launch failure
 
     # -- Launcher protocol
     def launch(self, req: LaunchRequest) -> LaunchedProcess:
@@ -186,13 +226,26 @@ class RayLauncher:
         env = {str(k): str(v) for k, v in req.env.items()}
         if not req.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ""  # else the job would see every GPU of its node
+        num_gpus = ray_num_gpus(req.share, len(req.gpus))
         try:
-            self.api.submit(req.session, entrypoint, num_gpus=ray_num_gpus(req.share, len(req.gpus)),
-                            num_cpus=0, node_id=node, env=env,
-                            metadata={"gpu_scheduler_job": req.job_id,
-                                      "attempt": str(req.attempt)})
+            self.api.submit(req.session, entrypoint, num_gpus=num_gpus, num_cpus=0, node_id=node,
+                            env=env, metadata={  # Ray's job list lacks the GPUs asked for
+                                "gpu_scheduler_job": req.job_id, "owner": self.table.owner,
+                                "node": node, "num_gpus": str(num_gpus),
+                                "attempt": str(req.attempt)})
         except Exception as exc:
-            if "already exists" not in str(exc):  # submitted before a crash: follow that one
+            # Submitted before a crash, or accepted but the answer was lost: follow that one,
+            # if it is ours. A job id from another scheduler, or from before a reset, is not.
+            try:
+                found = self.api.jobs().get(req.session)
+            except Exception:
+                found = None
+            if found is None or found.metadata.get("owner") != self.table.owner:
+                if found is not None:
+                    raise LaunchError(
+                        f"a Ray job {req.session} exists that this scheduler did not submit "
+                        "(another scheduler on the cluster with the same line, or a state reset); "
+                        "`ray job delete` it or change the line") from None
                 raise LaunchError(f"Ray refused the job: {_first_line(exc)}") from None
         return LaunchedProcess(pid=0, pid_started_at=0.0)
 
@@ -227,6 +280,7 @@ class RayLauncher:
             with self._lock:
                 if not self._watched:
                     continue
+                before = set(self._watched)  # a job followed later may not be listed yet
             try:
                 jobs = self._poll()
             except Exception as exc:  # said once per outage, not twice a second
@@ -237,8 +291,9 @@ class RayLauncher:
             if self._unreachable:
                 log.info("Ray job list reachable again")
                 self._unreachable = False
-            with self._lock:
-                ended = [s for s in self._watched if s in jobs and jobs[s].finished]
+            with self._lock:  # ended, or gone from Ray (head restarted, `ray job delete`)
+                ended = [s for s in before if s in self._watched
+                         and (s not in jobs or jobs[s].finished)]
                 calls = [(s, self._watched.pop(s)) for s in ended]
             for session, on_end in calls:
                 on_end(session)
@@ -246,6 +301,7 @@ class RayLauncher:
     def _poll(self) -> dict[str, RayJob]:
         jobs = self.api.jobs()
         self._known = jobs
+        self._ran.update(s for s, j in jobs.items() if j.status == "RUNNING")
         return jobs
 
     def job(self, session: str) -> RayJob | None:
@@ -260,7 +316,9 @@ class RayLauncher:
         job = self.job(session)
         if job is None or not job.finished:
             return {}
-        if job.exit_code is None and job.status == "FAILED":  # e.g. its runtime env failed
+        if job.exit_code is None and job.status == "FAILED":
+            if session in self._ran:  # it ran, then its node or supervisor died: lost
+                return {}
             return {"state": "launch_failed", "message": self._failure(session, job)}
         if job.exit_code == LAUNCH_FAILED_EXIT:  # the runner's, or the job's own 127?
             reason = self._runner_failure(session)

@@ -21,6 +21,7 @@ from gpu_scheduler.adapters.ray_cluster import (
     RayLauncher,
     RayNode,
     RayProbe,
+    RayUnavailable,
     ray_num_gpus,
 )
 from gpu_scheduler.core.model import Failed, Finished, GpuSnapshot, JobSpec, Running, Succeeded
@@ -104,10 +105,68 @@ def test_indices_survive_a_reload_from_the_file(
     assert not list(tmp_path.glob("*.tmp"))  # written through a temporary file, then replaced
 
 
-def test_a_damaged_table_file_starts_afresh(tmp_path: Path) -> None:
+def test_a_damaged_table_file_is_refused_not_silently_reindexed(tmp_path: Path) -> None:
+    """Running jobs in the state name GPU indices: handing them out afresh could put two jobs'
+    shares on one node. So a damaged table stops the start with what to do."""
     (tmp_path / "ray_gpus.json").write_text("{not json")
-    assert GpuTable(tmp_path / "ray_gpus.json").nodes == {}
+    with pytest.raises(RayUnavailable, match="unreadable.*--reset-state"):
+        GpuTable(tmp_path / "ray_gpus.json")
     assert GpuTable(None).learn([RayNode("x", "1.2.3.4", 1, 0)]) is True  # no file: memory only
+
+
+def test_the_table_keeps_its_owner_token_and_survives_a_reload(tmp_path: Path) -> None:
+    first = GpuTable(tmp_path / "ray_gpus.json")
+    first.learn([RayNode("h", "1.2.3.4", 2, 0, is_head=True)])
+    again = GpuTable(tmp_path / "ray_gpus.json")
+    assert again.owner == first.owner and again.nodes == first.nodes
+    assert GpuTable(tmp_path / "other.json").owner != first.owner
+
+
+def test_a_job_id_submitted_by_another_scheduler_is_not_adopted(
+    api: FakeRayApi, launcher: RayLauncher
+) -> None:
+    api.submit("j1", "true", num_gpus=0.5, num_cpus=0, node_id="head", env={},
+               metadata={"owner": "someone-else"})
+    with pytest.raises(LaunchError, match="did not submit"):
+        launcher.launch(request("j1", (0,), "0.5"))
+
+
+def test_a_submit_whose_answer_was_lost_is_followed_not_resubmitted(
+    api: FakeRayApi, launcher: RayLauncher
+) -> None:
+    launcher.launch(request("j1", (0,), "0.5"))  # accepted...
+    api.fail_submit = "connection reset by peer"  # ...and a retry of the call fails
+    assert launcher.launch(request("j1", (0,), "0.5")).pid == 0
+    assert list(api.submitted) == ["j1"]
+
+
+def test_a_job_that_ran_and_then_failed_without_exit_code_is_lost_not_a_launch_failure(
+    api: FakeRayApi, launcher: RayLauncher
+) -> None:
+    launcher.launch(request("j1", (0,), "0.5"))
+    launcher.live_sessions()  # a poll sees it RUNNING
+    api.submitted["j1"].status = "FAILED"  # its node died
+    assert launcher.exit_record("j1") == {}
+
+
+def test_a_followed_job_gone_from_ray_is_reported_ended(
+    api: FakeRayApi, launcher: RayLauncher
+) -> None:
+    launcher.launch(request("j1", (0,), "0.5"))
+    ended: list[str] = []
+    launcher.follow("j1", ended.append)
+    del api.submitted["j1"]  # e.g. the head restarted without its job table
+    wait_until(lambda: ended == ["j1"], timeout=5, what="the gone job reported")
+    assert launcher.exit_record("j1") == {}
+
+
+def test_our_jobs_ray_has_not_placed_yet_count_as_taken_on_their_node(
+    api: FakeRayApi, table: GpuTable, launcher: RayLauncher
+) -> None:
+    probe = RayProbe(api, table)
+    launcher.launch(request("j1", (2,), "0.5"))  # pinned to a-big
+    api.submitted["j1"].status = "PENDING"
+    assert probe.snapshot()[2].node_used == 500  # so the allocator sees no foreign work
 
 
 def test_a_joining_node_gets_the_next_block(api: FakeRayApi, table: GpuTable) -> None:
@@ -459,3 +518,22 @@ def test_mode_ray_without_ray_installed_says_what_to_install(tmp_path: Path) -> 
     assert out.returncode == 1, out.stderr
     assert "pip install 'gpu-scheduler[ray]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_the_real_api_reads_rays_job_list_shape() -> None:
+    """RealRayApi.jobs over a stand-in for Ray's client, shaped like Ray 2.60's JobDetails
+    (which has no entrypoint_num_gpus: the GPUs asked for come back from our metadata)."""
+    from types import SimpleNamespace
+
+    from gpu_scheduler.adapters.ray_api import RealRayApi
+
+    details = SimpleNamespace(
+        submission_id="j1", status=SimpleNamespace(value="PENDING"), driver_exit_code=None,
+        message=None, driver_node_id=None, metadata={"owner": "o", "num_gpus": "0.5"})
+    driverless = SimpleNamespace(submission_id=None)  # a job not from the Jobs API
+    api = object.__new__(RealRayApi)
+    api._client = SimpleNamespace(list_jobs=lambda: [details, driverless])  # noqa: SLF001
+    (job,) = api.jobs().values()
+    assert (job.submission_id, job.status, job.exit_code, job.node_id, job.num_gpus) == (
+        "j1", "PENDING", None, "", 0.5)
+    assert job.metadata["owner"] == "o" and not job.finished
