@@ -286,6 +286,36 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _append_lines(
+    path: Path, lines: Sequence[str], what: str, *, data_only: bool = False,
+    sync_folder: bool | None = None,
+) -> None:
+    """Append whole lines and sync them before returning (fdatasync when ``data_only``). A
+    line cut short by an earlier crash is ended first, so it spoils only itself; a failed
+    append is cut off again. The folder is synced too when ``sync_folder`` (None: when the
+    file was empty, i.e. new). Raises StateFileError naming ``path`` and ``what`` failed."""
+    data = ("\n".join(lines) + "\n").encode("ascii")
+    fd: int | None = None
+    size: int | None = None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        _write_all(fd, data)
+        (os.fdatasync if data_only else os.fsync)(fd)
+        if (size == 0) if sync_folder is None else sync_folder:
+            _fsync_folder(path.parent)  # a new file's name must survive too
+    except OSError as exc:
+        if fd is not None and size is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+        raise StateFileError(f"{path}: {what}: {_reason(exc)}") from exc
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _fsync_folder(folder: Path) -> None:
     """Make renames and new names in ``folder`` durable (some file systems cannot: EINVAL)."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -470,29 +500,9 @@ class StateStore:
             raise StateFileError(f"{self.launches}: cannot write a launch ahead: {exc}") from exc
         if not lines:
             return
-        data = ("\n".join(lines) + "\n").encode("ascii")
-        fd: int | None = None
-        size: int | None = None
-        try:
-            fd = os.open(self.launches, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data  # end a line cut short by a crash, so it spoils only itself
-            _write_all(fd, data)
-            os.fdatasync(fd)
-            if not self._journal_named:
-                _fsync_folder(self.launches.parent)  # a new file's name must survive too
-                self._journal_named = True
-        except OSError as exc:
-            if fd is not None and size is not None:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-            raise StateFileError(
-                f"{self.launches}: cannot write a launch ahead: {_reason(exc)}"
-            ) from exc
-        finally:
-            if fd is not None:
-                os.close(fd)
+        _append_lines(self.launches, lines, "cannot write a launch ahead",
+                      data_only=True, sync_folder=not self._journal_named)
+        self._journal_named = True
         if self._journal_lines >= 0:
             self._journal_lines += len(lines)
 
@@ -643,29 +653,13 @@ class StateStore:
                 ) from exc
         if not lines:
             return
-        data = ("\n".join(lines) + "\n").encode("ascii")
-        fd: int | None = None
-        size: int | None = None
         try:
             self.history.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.history, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                data = b"\n" + data  # end a line cut short by a crash, so it spoils only itself
-            _write_all(fd, data)
-            os.fsync(fd)
-            if size == 0:
-                _fsync_folder(self.history.parent)
         except OSError as exc:
-            if fd is not None and size is not None:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
             raise StateFileError(
                 f"{self.history}: cannot append to the job history: {_reason(exc)}"
             ) from exc
-        finally:
-            if fd is not None:
-                os.close(fd)
+        _append_lines(self.history, lines, "cannot append to the job history")
 
     def history_states(self) -> dict[str, str]:
         """Job id -> state name ("completed", ...) of every archived job; the last record wins."""
