@@ -69,25 +69,36 @@ def resolve_dependencies(
         deps[spec.job_id] = tuple(dict.fromkeys(resolved))
 
     label = {s.job_id: s.name or s.job_id for s in specs}
-    for cycle in _cycles({k: v for k, v in deps.items() if k not in bad}):
-        names = " -> ".join(label[j] for j in cycle + [cycle[0]])
-        for job_id in cycle:
-            bad[job_id] = f"dependency cycle: {names}"
-
-    changed = True
-    while changed:  # a line waiting for a bad line can never run either
-        changed = False
-        for job_id, wanted in deps.items():
-            if job_id not in bad:
-                broken = [d for d in wanted if d in bad]
-                if broken:
-                    bad[job_id] = f"depends on {label.get(broken[0], broken[0])}, whose line has an error"
-                    changed = True
+    _mark_unrunnable(deps, bad, label)
 
     by_id = {s.job_id: s for s in specs}
     errors = tuple(_error(by_id[j], msg) for j, msg in bad.items())
     good = tuple(s for s in specs if s.job_id not in bad)
     return Resolved(good, errors, {j: d for j, d in deps.items() if j not in bad and d})
+
+
+def _mark_unrunnable(
+    deps: Mapping[str, tuple[str, ...]],
+    bad: dict[str, str],
+    label: Mapping[str, str],
+    bad_before: Collection[str] = (),
+) -> None:
+    """Add to ``bad`` the lines in a dependency cycle, then every line waiting (transitively)
+    for a bad line, or one in ``bad_before``: none of them can ever run."""
+    for cycle in _cycles({k: v for k, v in deps.items() if k not in bad}):
+        chain = " -> ".join(label[j] for j in cycle + [cycle[0]])
+        for job_id in cycle:
+            bad[job_id] = f"dependency cycle: {chain}"
+    changed = True
+    while changed:
+        changed = False
+        for job_id, wanted in deps.items():
+            if job_id not in bad:
+                broken = [d for d in wanted if d in bad or d in bad_before]
+                if broken:
+                    named = label.get(broken[0], broken[0])
+                    bad[job_id] = f"depends on {named}, whose line has an error"
+                    changed = True
 
 
 def _cycles(graph: Mapping[str, tuple[str, ...]]) -> list[list[str]]:
@@ -291,20 +302,7 @@ class AppendResolver:
                     break
             deps[spec.job_id] = tuple(dict.fromkeys(found))
         label = {s.job_id: s.name or s.job_id for s in specs}
-        for cycle in _cycles({k: v for k, v in deps.items() if k not in bad}):
-            chain = " -> ".join(label[j] for j in cycle + [cycle[0]])
-            for job_id in cycle:
-                bad[job_id] = f"dependency cycle: {chain}"
-        changed = True
-        while changed:
-            changed = False
-            for job_id, wanted in deps.items():
-                if job_id not in bad:
-                    broken = [d for d in wanted if d in bad or d in index.bad]
-                    if broken:
-                        named = label.get(broken[0], broken[0])
-                        bad[job_id] = f"depends on {named}, whose line has an error"
-                        changed = True
+        _mark_unrunnable(deps, bad, label, index.bad)
         if bad and index.bad:
             return None
         by_id = {s.job_id: s for s in specs}
