@@ -96,7 +96,11 @@ def make_launcher(mode: str, settings: Settings):  # type: ignore[no-untyped-def
                 "GNU screen is not installed: install it (sudo apt-get install -y screen) "
                 "or run with --mode direct"
             )
-        return ScreenLauncher(paths.run_dir, screen_dir=settings.execution.screen_dir)
+        return ScreenLauncher(
+            paths.run_dir,
+            screen_dir=settings.execution.screen_dir,
+            warm_windows=settings.execution.warm_screen_sessions,
+        )
     return DirectLauncher(paths.run_dir)
 
 

@@ -134,6 +134,7 @@ class ExecutionSettings:
     append_cuda_arg: bool = False
     session_prefix: str = "gpujob"
     screen_dir: Path | None = field(default=None, metadata=_PATH)  # None = screen's default
+    warm_screen_sessions: int = 1  # screen sessions kept ready with the runner up (0: none)
     # a command looked up on PATH, or (if it has a "/" or "~") an absolute path; None = python3
     python: str | None = field(default=None, metadata={"kind": "command"})
     ray: RaySettings = field(default_factory=RaySettings)

@@ -1,4 +1,5 @@
-"""The warm runner host (direct mode): fork each job's runner from an interpreter already up.
+"""The warm runner host (direct mode): fork each job's runner from an interpreter already up;
+and ``wait_in_window``, the screen-mode counterpart (a warm window: see ``adapters/screen_warm``).
 
 Why: starting ``python -I -S`` for every job's runner costs 12-20 ms of CPU on the 2-core test
 machine -- most of a trivial job's cost, and the bulk of edit-to-launch latency in direct mode.
@@ -144,30 +145,65 @@ def _child(request: Mapping[str, Any], go: int, own: tuple[int, ...]) -> NoRetur
             os._exit(NO_GO_EXIT)
         os.close(go)
         _stdio(str(request["log"]))
-        env = request.get("env")
-        if env is not None:
-            os.environ.clear()
-            os.environ.update(env)
-        if request.get("cwd"):
-            os.chdir(request["cwd"])
-        claim = {
-            "state": "starting",
-            "job_id": request["job_id"],
-            "attempt": request["attempt"],
-            "session": request.get("session"),
-            "runner_pid": os.getpid(),
-            "runner_started_at": own_start_time(),
-        }
-        write_record(request["record"], claim, durable=False)
-        code = runner.main([str(request["spec"])])
+        code = become_runner(request)
     except SystemExit as exc:
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # as an uncaught exception in a runner of its own would end
-        try:
-            sys.excepthook(*sys.exc_info())
-        except BaseException:  # noqa: S110 - nothing left to report it with
-            pass
+        _report_crash()
     runner.exit_now(code)
+
+
+def become_runner(request: Mapping[str, Any]) -> int:
+    """Take the request's environment and directory, claim the attempt with a ``starting``
+    record (before the spec is read: see the module docstring), and run it."""
+    env = request.get("env")
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
+    if request.get("cwd"):
+        os.chdir(request["cwd"])
+    claim = {
+        "state": "starting",
+        "job_id": request["job_id"],
+        "attempt": request["attempt"],
+        "session": request.get("session"),
+        "runner_pid": os.getpid(),
+        "runner_started_at": own_start_time(),
+    }
+    write_record(request["record"], claim, durable=False)
+    return runner.main([str(request["spec"])])
+
+
+def wait_in_window(channel: str) -> NoReturn:
+    """A warm screen window (``adapters/screen_warm.py``): wait for one request line on the
+    FIFO ``channel``, then become that job's runner right here, on this window's terminal.
+
+    End of file before a whole line (the daemon closed the FIFO, retired us, or died) means
+    no job was handed over: exit having done nothing, and the session ends with us."""
+    code = NO_GO_EXIT
+    try:
+        fd = os.open(channel, os.O_RDONLY)  # (blocks until the daemon opens it for writing)
+        data = b""
+        while b"\n" not in data:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                os._exit(NO_GO_EXIT)
+            data += chunk
+        os.close(fd)
+        code = become_runner(loads(data.split(b"\n", 1)[0].decode()))
+    except SystemExit as exc:
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        _report_crash()
+        code = 1
+    runner.exit_now(code)
+
+
+def _report_crash() -> None:
+    try:
+        sys.excepthook(*sys.exc_info())
+    except BaseException:  # noqa: S110 - nothing left to report it with
+        pass
 
 
 def _stdio(log_path: str) -> None:

@@ -25,6 +25,7 @@ runner's Popen start remains the fallback whenever the host cannot answer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -43,10 +44,12 @@ from gpu_scheduler.adapters import processes
 from gpu_scheduler.adapters.exitwatch import ExitWatcher
 from gpu_scheduler.adapters.runnerhost import HostGone, RunnerHost
 from gpu_scheduler.adapters.screen import SESSION_NAME, ScreenSessions
+from gpu_scheduler.adapters.screen_warm import WARM_NAME, WarmWindows
 from gpu_scheduler.errors import LaunchError
 from gpu_scheduler.runner_records import read_record, write_record
 
 RUNNER_PATH = Path(runner.__file__).resolve()
+log = logging.getLogger("gpu_scheduler.launcher")
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,17 @@ _RUNNER_CODE = (
 )
 
 
+_WARM_CODE = (
+    f"import sys; sys.path.append({str(RUNNER_PATH.parents[1])!r}); "
+    "from gpu_scheduler.runner_host import wait_in_window; wait_in_window(sys.argv[1])"
+)
+
+
+def warm_window_argv(python_exe: str, fifo: Path) -> list[str]:
+    """A warm screen window's command: the runner, imported, waiting on ``fifo`` for a job."""
+    return [python_exe, "-I", "-S", "-c", _WARM_CODE, str(fifo)]
+
+
 def runner_argv(python_exe: str, spec_path: Path) -> list[str]:
     """How launchers start the runner: ``python -I -S -c <import runner> SPEC``."""
     return [python_exe, "-I", "-S", "-c", _RUNNER_CODE, str(spec_path)]
@@ -159,19 +173,38 @@ class ScreenLauncher:
         *,
         screen_exe: str = "screen",
         start_timeout_s: float = 10.0,
+        warm_windows: int = 1,
     ) -> None:
         self.python_exe = _check_python(python_exe)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.sessions = ScreenSessions(screen_dir, screen_exe)
         self.start_timeout_s = start_timeout_s
+        self.warm = WarmWindows(
+            self.sessions,
+            self.run_dir,
+            lambda fifo: warm_window_argv(self.python_exe, fifo),
+            warm_windows,
+        )
 
     def launch(self, req: LaunchRequest) -> LaunchedProcess:
-        """``screen -dmS SESSION <runner_argv>``; returns as soon as the runner process
-        exists (``ScreenSessions.start``), without waiting for its Python to start (~15-30
-        ms here), which waiting for its ``started`` record would."""
+        """Hand the job to a warm window (``screen_warm``) when one is ready, else
+        ``screen -dmS SESSION <runner_argv>``. Returns as soon as the runner process exists,
+        without waiting for it to start the job."""
         self.sessions.check_new(req.session)
         spec_path = _prepare(self.run_dir, req)
+        window = self.warm.take()
+        if window is not None:
+            request = {
+                "spec": str(spec_path), "record": str(req.record_path), "job_id": req.job_id,
+                "attempt": req.attempt, "session": req.session, "cwd": os.getcwd(),
+            }  # fmt: skip
+            line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
+            try:
+                self.warm.hand_over(window, req.session, line)
+                return LaunchedProcess(window.pid, window.started)
+            except LaunchError as exc:  # nothing started: the cold way below
+                log.warning("%s; starting job %s cold", exc, req.job_id, extra={"event": "launch"})
 
         def ended() -> tuple[int, float] | None:  # a runner that came and went unseen
             record = read_record(req.record_path)
@@ -199,10 +232,12 @@ class ScreenLauncher:
         return processes.is_alive(pid, pid_started_at)
 
     def live_sessions(self) -> set[str]:
-        return set(self.sessions.list())
+        """The job sessions (warm windows waiting for a job are not one)."""
+        return {name for name in self.sessions.list() if not name.startswith(WARM_NAME)}
 
     def close(self) -> None:
-        """Nothing to release: sessions outlive the daemon on purpose."""
+        """Let the warm windows go; job sessions outlive the daemon on purpose."""
+        self.warm.close()
 
 
 class DirectLauncher:

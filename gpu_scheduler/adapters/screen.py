@@ -118,6 +118,14 @@ class ScreenSessions:
             return False
         return self._run("-S", f"{pid}.{name}", "-X", "quit").returncode == 0
 
+    def rename(self, pid: int, name: str, new_name: str) -> None:
+        """Rename session ``PID.NAME`` to ``new_name`` (``screen -X sessionname``: the server
+        renames its socket before the client returns); LaunchError if that did not happen."""
+        done = self._run("-S", f"{pid}.{name}", "-X", "sessionname", new_name, want_stdout=False)
+        if done.returncode != 0 or self.find(new_name) != pid:
+            detail = done.stderr.strip() or f"exit {done.returncode}"
+            raise LaunchError(f"cannot rename screen session {pid}.{name} to {new_name}: {detail}")
+
     def check_new(self, name: str) -> None:
         """Raise LaunchError unless a session ``name`` could be started now."""
         if not SESSION_NAME.fullmatch(name):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +112,31 @@ def tree_pids(
 # --------------------------------------------------------------------------- screen
 
 
+@pytest.fixture
+def screen_launcher(tmp_path: Path, screen_dir: Path) -> Iterator[Callable[..., ScreenLauncher]]:
+    """``make(warm=False)``: a ScreenLauncher on the test's SCREENDIR, closed at teardown (its
+    warm windows go with it). ``warm=True`` waits for a warm window first, so the next launch
+    is handed to it; ``warm=False`` keeps none, so every launch starts a new session."""
+    made: list[ScreenLauncher] = []
+
+    def make(warm: bool = False, **kwargs: Any) -> ScreenLauncher:
+        launcher = ScreenLauncher(tmp_path / "run", screen_dir, warm_windows=int(warm), **kwargs)
+        made.append(launcher)
+        if warm:
+            assert launcher.warm.wait_ready(), "no warm window came up"
+        return launcher
+
+    yield make
+    for launcher in made:
+        launcher.close()
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("warm", [False, True], ids=["new-session", "warm-window"])
 def test_screen_job_runs_in_its_named_session_and_records_the_exit_code(
-    tmp_path: Path, screen_dir: Path, pids: PidTracker
+    tmp_path: Path, screen_dir: Path, pids: PidTracker, screen_launcher: Any, warm: bool
 ) -> None:
-    launcher = ScreenLauncher(tmp_path / "run", screen_dir)
+    launcher = screen_launcher(warm)
     go = tmp_path / "go"
     req = make_request(tmp_path, "gs-t1.job-a_1", WAIT_FOR_GO, str(go), "3")
 
@@ -143,10 +164,11 @@ def test_screen_job_runs_in_its_named_session_and_records_the_exit_code(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("warm", [False, True], ids=["new-session", "warm-window"])
 def test_screen_stop_ends_the_whole_tree_and_the_session(
-    tmp_path: Path, screen_dir: Path, pids: PidTracker
+    tmp_path: Path, screen_dir: Path, pids: PidTracker, screen_launcher: Any, warm: bool
 ) -> None:
-    launcher = ScreenLauncher(tmp_path / "run", screen_dir)
+    launcher = screen_launcher(warm)
     req = make_request(tmp_path, "gs-t2", SPAWNS_CHILD, str(tmp_path / "child.pid"))
     proc = launcher.launch(req)
     pids.add(proc.pid)
@@ -161,9 +183,9 @@ def test_screen_stop_ends_the_whole_tree_and_the_session(
 
 @pytest.mark.slow
 def test_screen_rejects_a_bad_or_taken_session_name(
-    tmp_path: Path, screen_dir: Path, pids: PidTracker
+    tmp_path: Path, screen_dir: Path, pids: PidTracker, screen_launcher: Any
 ) -> None:
-    launcher = ScreenLauncher(tmp_path / "run", screen_dir)
+    launcher = screen_launcher(warm=True)
     with pytest.raises(LaunchError, match="invalid session name"):
         launcher.launch(make_request(tmp_path, "bad name;rm", WAIT_FOR_GO))
     req = make_request(tmp_path, "gs-t3", WAIT_FOR_GO, str(tmp_path / "go"), "0")
@@ -185,9 +207,9 @@ def test_screen_missing_is_a_launch_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_screen_job_that_cannot_start_is_reported_by_its_record(
-    tmp_path: Path, screen_dir: Path, pids: PidTracker
+    tmp_path: Path, screen_dir: Path, pids: PidTracker, screen_launcher: Any
 ) -> None:
-    launcher = ScreenLauncher(tmp_path / "run", screen_dir)
+    launcher = screen_launcher(warm=True)
     req = make_request(tmp_path, "gs-t5", "")
     Path(req.script).unlink()
     proc = launcher.launch(req)
@@ -415,6 +437,7 @@ def test_print_launch_latency(tmp_path: Path, screen_dir: Path, pids: PidTracker
     job.chmod(0o755)
     direct = DirectLauncher(tmp_path / "run")
     launchers = {"screen": ScreenLauncher(tmp_path / "run", screen_dir), "direct": direct}
+    # (the screen launcher keeps a warm window: launches after the first are handed to it)
     try:
         for mode, launcher in launchers.items():
             times, reqs = [], []
@@ -447,3 +470,4 @@ def test_print_launch_latency(tmp_path: Path, screen_dir: Path, pids: PidTracker
         wait_until(lambda: not launchers["screen"].live_sessions(), what="sessions to end")
     finally:
         direct.close()
+        launchers["screen"].close()

@@ -1,0 +1,242 @@
+"""Warm screen windows: detached sessions whose runner is already up, waiting for a job.
+
+Why: in screen mode a job's runner must be its session's own window process (the window's
+terminal is the runner's: ^C, resizes, hangups, ``attach``), so it cannot be forked from the
+warm runner host as in direct mode, and starting its interpreter (~17 ms on the 2-core test
+machine) was most of what the scheduler added to a launch. ``WarmWindows`` keeps ``count``
+sessions ready, each running ``runner_host.wait_in_window(FIFO)``. A launch renames one to the
+job's session name (``screen -X sessionname``) and then writes the runner's request to its
+FIFO: the window becomes the job's runner at once, with the host children's record protocol
+(a ``starting`` record naming its pid before it reads the spec). A replacement is started in
+the background a moment later, off the launch's path.
+
+Never twice, never lost: only the daemon holds a FIFO's write end (not inherited by anything
+it starts), so when the daemon closes it, exits or dies, a waiting window reads end of file
+and exits having run nothing (its session ends with it). The rename comes before the request:
+a rename that fails has started nothing, and a window that died shows as a failed write
+(EPIPE), after which the launcher starts the job the cold way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpu_scheduler.adapters import processes
+from gpu_scheduler.adapters.screen import ScreenSessions
+from gpu_scheduler.errors import LaunchError
+
+log = logging.getLogger("gpu_scheduler.launcher")
+
+WARM_NAME = "gpu-scheduler-warm"  # + "-<daemon pid>-<n>"; job sessions are "<prefix>_..."
+REFILL_DELAY_S = 0.25  # after a launch, before starting a replacement: the job starts first
+_OPEN_TIMEOUT_S = 10.0  # a window that has not opened its FIFO by then is given up
+_MAX_FAILURES = 3  # in a row: stop keeping windows warm (launches stay cold, and work)
+
+
+@dataclass
+class WarmWindow:
+    """One ready session: its name now, its screen (server) pid, the window process that
+    will be the runner (pid and create time), and the write end of its FIFO."""
+
+    name: str
+    server: int
+    pid: int
+    started: float
+    fd: int
+
+
+class WarmWindows:
+    """Up to ``count`` warm windows in ``sessions``, kept from the first ``take`` on (so a
+    launcher that never launches starts none)."""
+
+    def __init__(
+        self,
+        sessions: ScreenSessions,
+        run_dir: Path,
+        command: Callable[[Path], list[str]],
+        count: int = 1,
+        *,
+        refill_delay_s: float = REFILL_DELAY_S,
+    ) -> None:
+        self.sessions = sessions
+        self.run_dir = Path(run_dir)
+        self.command = command
+        self.count = count
+        self.refill_delay_s = refill_delay_s
+        self._ready: list[WarmWindow] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._failures = 0
+        self._serial = 0
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> WarmWindow | None:
+        """A live warm window, now the caller's (None when none is ready); a replacement
+        follows in the background."""
+        if self.count <= 0:
+            return None
+        with self._cond:
+            if self._closed:
+                return None
+            self._start_refilling()
+            window = None
+            while self._ready and window is None:
+                candidate = self._ready.pop(0)
+                if processes.is_alive(candidate.pid, candidate.started):
+                    window = candidate
+                else:
+                    _close(candidate)
+            self._cond.notify_all()
+            return window
+
+    def wait_ready(self, timeout_s: float = 30.0) -> bool:
+        """Start warming (if not yet) and wait until a window is ready; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._start_refilling()
+            while not self._ready and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or (self._thread is not None and not self._thread.is_alive()):
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return bool(self._ready)
+
+    def _start_refilling(self) -> None:  # (with the lock held)
+        if self.count > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._refill, name="warm-windows", daemon=True)
+            self._thread.start()
+
+    def hand_over(self, window: WarmWindow, session: str, request_line: bytes) -> None:
+        """Rename ``window`` to ``session``, then give it the runner's request; LaunchError
+        (the window is then ended) when it cannot take the job -- nothing was started."""
+        try:
+            self.sessions.rename(window.server, window.name, session)
+            window.name = session
+            view = memoryview(request_line)
+            while view:
+                view = view[os.write(window.fd, view) :]
+        except (LaunchError, OSError) as exc:
+            self.discard(window)
+            raise LaunchError(
+                f"warm screen window {window.name} could not take the job: {exc}"
+            ) from None
+        _close(window)  # the window has its line: nothing more will come
+
+    def discard(self, window: WarmWindow) -> None:
+        """End a window that will not run a job, and wait (briefly) for its session to go."""
+        _close(window)
+        if processes.is_alive(window.pid, window.started):
+            with contextlib.suppress(OSError):
+                os.kill(window.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        while processes.is_alive(window.server, None) and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        """Stop refilling and let every waiting window go (each reads EOF and exits)."""
+        with self._cond:
+            self._closed = True
+            ready, self._ready = self._ready, []
+            self._cond.notify_all()
+        for window in ready:
+            _close(window)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=_OPEN_TIMEOUT_S + 1.0)
+
+    # ------------------------------------------------------------------ the refill thread
+
+    def _refill(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and len(self._ready) >= self.count:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            time.sleep(self.refill_delay_s)  # (a launch's job gets the CPU first)
+            window = self._start_one()
+            with self._cond:
+                if window is not None and not self._closed:
+                    self._ready.append(window)
+                    self._failures = 0
+                    self._cond.notify_all()
+                    continue
+                if window is not None:  # closed while it started: let it go
+                    _close(window)
+                    return
+                self._failures += 1
+                if self._failures >= _MAX_FAILURES:
+                    log.warning(
+                        "screen mode: %d warm windows in a row failed to start; "
+                        "launching each job with a new screen session from now on",
+                        self._failures,
+                        extra={"event": "warm_windows"},
+                    )
+                    return
+
+    def _start_one(self) -> WarmWindow | None:
+        self._serial += 1
+        name = f"{WARM_NAME}-{os.getpid()}-{self._serial}"
+        fifo = self.run_dir / f"{name}.fifo"
+        try:
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo, 0o600)
+        except OSError as exc:
+            log.warning("cannot create %s: %s", fifo, exc, extra={"event": "warm_windows"})
+            return None
+        try:
+            pid, started = self.sessions.start(name, self.command(fifo), _OPEN_TIMEOUT_S)
+            fd = self._open_writer(fifo, pid, started)
+            server = self.sessions.find(name)
+            if server is None:
+                os.close(fd)
+                raise LaunchError(f"session {name} is gone")
+        except LaunchError as exc:
+            log.warning("warm screen window: %s", exc, extra={"event": "warm_windows"})
+            return None
+        finally:
+            fifo.unlink(missing_ok=True)  # both ends are open (or never will be): no litter
+        return WarmWindow(name, server, pid, started, fd)
+
+    @staticmethod
+    def _open_writer(fifo: Path, pid: int, started: float) -> int:
+        """The FIFO's write end, once the window has opened its read end (it blocks in open
+        until we do); LaunchError if it dies or takes too long."""
+        deadline = time.monotonic() + _OPEN_TIMEOUT_S
+        delay = 0.0005
+        while True:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # (not inheritable)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                    raise LaunchError(f"cannot open {fifo}: {exc.strerror}") from None
+            else:
+                os.set_blocking(fd, True)
+                return fd
+            if not processes.is_alive(pid, started):
+                raise LaunchError(f"its window (pid {pid}) exited before it was ready")
+            if time.monotonic() > deadline:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                raise LaunchError(
+                    f"its window (pid {pid}) was not ready after {_OPEN_TIMEOUT_S:g} s"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
+
+def _close(window: WarmWindow) -> None:
+    """Close the window's FIFO end once (a second close could hit a reused descriptor)."""
+    fd, window.fd = window.fd, -1
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(fd)
