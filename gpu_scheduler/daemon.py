@@ -239,8 +239,7 @@ class Daemon:
             self._control.stop()
         self._stops.shutdown(wait=True)
         self._exit_watcher.close()
-        if self.remote:
-            self.launcher.close()  # its poll thread; the Ray jobs keep running
+        self.launcher.close()  # its threads, warm host or windows; the jobs keep running
         self._save(force=True)
         log.info("scheduler stopped; %d jobs left running", len(self.scheduler.running_ids),
                  extra={"event": "daemon_stopped"})

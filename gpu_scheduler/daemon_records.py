@@ -27,6 +27,7 @@ import psutil
 
 from gpu_scheduler.adapters import processes
 from gpu_scheduler.adapters.launchers import Launcher, runner_argv
+from gpu_scheduler.adapters.screen_warm import WARM_NAME
 from gpu_scheduler.core.model import Running
 from gpu_scheduler.core.recovery import RunFacts
 from gpu_scheduler.core.scheduler import Scheduler
@@ -133,16 +134,24 @@ def _launch_processes(
 
     The screen client and server name the spec too (their command line holds the runner's), as
     does a window forked but not yet exec'd; only a process with the runner's own command line
-    counts as the runner. A process seen naming the spec before (``seen``, updated here) counts
+    counts as the runner. A warm screen window of this run folder counts as starting too: it
+    names no spec, but may hold a request the dead daemon gave it (it writes its ``starting``
+    record at once, or exits at once having none). A process seen naming the spec before (``seen``, updated here) counts
     as starting while it lives: its command line reads empty while it execs into the runner.
     """
     needle = str(spec_path)
     shape = runner_argv("", spec_path)[1:]
+    warm = str(spec_path.parent / WARM_NAME)  # a warm window of this run folder
     runner: tuple[int, float] | None = None
     for proc in psutil.process_iter(["cmdline", "create_time"]):
         cmdline = proc.info.get("cmdline") or []
         created = proc.info.get("create_time")
-        if needle not in cmdline or created is None or not processes.is_alive(proc.pid, None):
+        if created is None or not processes.is_alive(proc.pid, None):
+            continue
+        if cmdline and cmdline[-1].startswith(warm):  # may be reading a request: wait for it
+            seen[proc.pid] = float(created)
+            continue
+        if needle not in cmdline:
             continue
         seen[proc.pid] = float(created)
         if cmdline[1:] == shape:

@@ -55,6 +55,9 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 NO_GO_EXIT = 0  # a child whose host never let it go: it did nothing
+# A waiting warm window reads again at least this often (a FIFO's hangup is not always
+# reported to a reader that opened it while no writer had yet: Linux fifo_open).
+_WINDOW_RECHECK_S = 5.0
 
 
 def serve(requests: int, replies: int) -> None:
@@ -178,19 +181,28 @@ def wait_in_window(channel: str) -> NoReturn:
     """A warm screen window (``adapters/screen_warm.py``): wait for one request line on the
     FIFO ``channel``, then become that job's runner right here, on this window's terminal.
 
-    End of file before a whole line (the daemon closed the FIFO, retired us, or died) means
-    no job was handed over: exit having done nothing, and the session ends with us."""
+    The daemon opened the FIFO before starting us and is its only writer, so end of file
+    before a whole line (the daemon closed it, retired us, or died -- even before we looked)
+    means no job was handed over: exit having done nothing, and the session ends with us.
+    The open does not block (a blocking one would wait forever for a writer that is gone)."""
     code = NO_GO_EXIT
     try:
-        fd = os.open(channel, os.O_RDONLY)  # (blocks until the daemon opens it for writing)
+        fd = os.open(channel, os.O_RDONLY | os.O_NONBLOCK)
         data = b""
         while b"\n" not in data:
-            chunk = os.read(fd, 65536)
+            try:
+                chunk = os.read(fd, 65536)  # b"" once no writer is left: the daemon is gone
+            except BlockingIOError:  # the daemon is there, nothing yet: wait for a change
+                select.select([fd], [], [], _WINDOW_RECHECK_S)
+                continue
             if not chunk:
                 os._exit(NO_GO_EXIT)
             data += chunk
         os.close(fd)
-        code = become_runner(loads(data.split(b"\n", 1)[0].decode()))
+        request = loads(data.split(b"\n", 1)[0].decode())
+        if request.get("sty"):  # screen's name for this session now (it was renamed)
+            os.environ["STY"] = str(request["sty"])
+        code = become_runner(request)
     except SystemExit as exc:
         code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     except BaseException:

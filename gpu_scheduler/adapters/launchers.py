@@ -198,6 +198,7 @@ class ScreenLauncher:
             request = {
                 "spec": str(spec_path), "record": str(req.record_path), "job_id": req.job_id,
                 "attempt": req.attempt, "session": req.session, "cwd": os.getcwd(),
+                "sty": f"{window.server}.{req.session}",
             }  # fmt: skip
             line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
             try:
@@ -205,6 +206,7 @@ class ScreenLauncher:
                 return LaunchedProcess(window.pid, window.started)
             except LaunchError as exc:  # nothing started: the cold way below
                 log.warning("%s; starting job %s cold", exc, req.job_id, extra={"event": "launch"})
+                self.sessions.check_new(req.session)  # (that window's session is gone)
 
         def ended() -> tuple[int, float] | None:  # a runner that came and went unseen
             record = read_record(req.record_path)

@@ -20,7 +20,6 @@ a rename that fails has started nothing, and a window that died shows as a faile
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -78,6 +77,7 @@ class WarmWindows:
         self._failures = 0
         self._serial = 0
         self._thread: threading.Thread | None = None
+        _remove_stale_fifos(self.run_dir)
 
     def take(self) -> WarmWindow | None:
         """A live warm window, now the caller's (None when none is ready); a replacement
@@ -132,13 +132,17 @@ class WarmWindows:
         _close(window)  # the window has its line: nothing more will come
 
     def discard(self, window: WarmWindow) -> None:
-        """End a window that will not run a job, and wait (briefly) for its session to go."""
+        """End a window that will not run a job, and its session (waiting a little for it)."""
         _close(window)
         if processes.is_alive(window.pid, window.started):
             with contextlib.suppress(OSError):
                 os.kill(window.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 1.0
-        while processes.is_alive(window.server, None) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 2.0
+        while self.sessions.find(window.name) == window.server:
+            if time.monotonic() > deadline:
+                with contextlib.suppress(LaunchError):
+                    self.sessions.quit(window.name, pid=window.server)
+                return
             time.sleep(0.005)
 
     def close(self) -> None:
@@ -151,7 +155,7 @@ class WarmWindows:
             _close(window)
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=_OPEN_TIMEOUT_S + 1.0)
+            thread.join(timeout=2.0)  # (one starting now is let go as soon as it is up)
 
     # ------------------------------------------------------------------ the refill thread
 
@@ -190,48 +194,60 @@ class WarmWindows:
         try:
             fifo.unlink(missing_ok=True)
             os.mkfifo(fifo, 0o600)
+            # Open before the window exists (read-write: never blocks), so that from its very
+            # first look the window finds a writer while we live and none once we are gone.
+            fd = os.open(fifo, os.O_RDWR)  # (not inheritable)
         except OSError as exc:
             log.warning("cannot create %s: %s", fifo, exc, extra={"event": "warm_windows"})
+            fifo.unlink(missing_ok=True)
             return None
         try:
             pid, started = self.sessions.start(name, self.command(fifo), _OPEN_TIMEOUT_S)
-            fd = self._open_writer(fifo, pid, started)
+            self._wait_opened(fifo, pid, started)
             server = self.sessions.find(name)
             if server is None:
-                os.close(fd)
                 raise LaunchError(f"session {name} is gone")
         except LaunchError as exc:
+            os.close(fd)  # (a window that is still there reads EOF and exits)
             log.warning("warm screen window: %s", exc, extra={"event": "warm_windows"})
             return None
         finally:
             fifo.unlink(missing_ok=True)  # both ends are open (or never will be): no litter
         return WarmWindow(name, server, pid, started, fd)
 
-    @staticmethod
-    def _open_writer(fifo: Path, pid: int, started: float) -> int:
-        """The FIFO's write end, once the window has opened its read end (it blocks in open
-        until we do); LaunchError if it dies or takes too long."""
+    def _wait_opened(self, fifo: Path, pid: int, started: float) -> None:
+        """Until the window has the FIFO open (its Python is up and waiting); LaunchError if
+        it dies, takes too long, or the launcher is closed meanwhile."""
         deadline = time.monotonic() + _OPEN_TIMEOUT_S
         delay = 0.0005
-        while True:
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # (not inheritable)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
-                    raise LaunchError(f"cannot open {fifo}: {exc.strerror}") from None
-            else:
-                os.set_blocking(fd, True)
-                return fd
+        while not _has_open(pid, fifo):
             if not processes.is_alive(pid, started):
                 raise LaunchError(f"its window (pid {pid}) exited before it was ready")
-            if time.monotonic() > deadline:
+            if self._closed or time.monotonic() > deadline:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                raise LaunchError(
-                    f"its window (pid {pid}) was not ready after {_OPEN_TIMEOUT_S:g} s"
-                )
+                raise LaunchError(f"its window (pid {pid}) was not ready in time")
             time.sleep(delay)
             delay = min(delay * 2, 0.01)
+
+
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (from /proc; True where /proc cannot tell)."""
+    folder = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(folder)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    target = os.path.realpath(path)
+    for fd in fds:
+        try:
+            if os.readlink(f"{folder}/{fd}") == target:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _close(window: WarmWindow) -> None:
@@ -240,3 +256,14 @@ def _close(window: WarmWindow) -> None:
     if fd >= 0:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _remove_stale_fifos(run_dir: Path) -> None:
+    """FIFOs a daemon killed mid-start left behind (its windows have exited: no writer)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(run_dir):
+            pid = entry.name[len(WARM_NAME) + 1 :].split("-")[0]
+            if entry.name.startswith(WARM_NAME) and entry.name.endswith(".fifo") and pid.isdigit():
+                if not processes.is_alive(int(pid), None):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)

@@ -215,6 +215,17 @@ class DaemonHarness:
             return []
         return [json.loads(line) for line in self.out_file.read_text().splitlines() if line]
 
+    def job_sessions(self) -> set[str]:
+        """The screen sessions in the daemon's SCREENDIR, less the running daemon's own warm
+        windows (waiting for its next job). Any other session -- a job's, or a warm window
+        of a daemon that is gone -- is listed."""
+        from gpu_scheduler.adapters.screen import ScreenSessions
+        from gpu_scheduler.adapters.screen_warm import WARM_NAME
+
+        own = f"{WARM_NAME}-{self.proc.pid}-" if self.proc is not None else None
+        names = ScreenSessions(self.screen_dir).list()
+        return {n for n in names if own is None or not n.startswith(own)}
+
     # ------------------------------------------------------------------ daemon
 
     def start(self, *args: str, wait: bool = True) -> subprocess.Popen[bytes]:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 import pytest
 
 from gpu_scheduler.adapters.screen import ScreenSessions
-from gpu_scheduler.adapters.screen_warm import WARM_NAME
 from tests.helpers import wait_until
 from tests.integration.harness import DaemonHarness, alive
 
@@ -68,11 +67,7 @@ def test_appended_lines_share_and_gang_gpus_and_never_overcommit(daemon: DaemonH
     assert first_two[0]["cuda"] == first_two[1]["cuda"]
     if daemon.mode == "screen":
         # (the daemon keeps a warm window waiting for the next job: not a job's session)
-        wait_until(
-            lambda: all(name.startswith(WARM_NAME) for name in screens.list()),
-            timeout=10,
-            what="sessions to end with their jobs",
-        )
+        wait_until(lambda: not daemon.job_sessions(), timeout=10, what="sessions to end")
     assert daemon.stop() == 0
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from gpu_scheduler.adapters.control import send_command
 from gpu_scheduler.adapters.screen import ScreenSessions
-from gpu_scheduler.adapters.screen_warm import WARM_NAME
 from gpu_scheduler.core.jobfile import parse_jobs
 from tests.helpers import wait_until
 from tests.integration.harness import DaemonHarness, alive
@@ -52,12 +51,7 @@ def test_cancel_at_once_after_the_line_appears(daemon: DaemonHarness) -> None:
         what="every runner, job and child to be gone",
     )
     if daemon.mode == "screen":
-        sessions = ScreenSessions(daemon.screen_dir)
-        wait_until(  # (a warm window waiting for the next job is not a job's session)
-            lambda: all(name.startswith(WARM_NAME) for name in sessions.list()),
-            timeout=10,
-            what="the sessions to end",
-        )
+        wait_until(lambda: not daemon.job_sessions(), timeout=10, what="sessions to end")
     assert daemon.stop() == 0
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import psutil
 import pytest
 
 from gpu_scheduler.adapters import processes
-from gpu_scheduler.adapters.launchers import ScreenLauncher
+from gpu_scheduler.adapters.launchers import ScreenLauncher, warm_window_argv
 from gpu_scheduler.adapters.screen import ScreenSessions
 from gpu_scheduler.adapters.screen_warm import WARM_NAME
 from gpu_scheduler.errors import LaunchError
+from gpu_scheduler.runner_records import read_record
 from tests.conftest import PidTracker
 from tests.helpers import wait_until
 from tests.integration.test_launchers import final_record, make_request, text
@@ -32,6 +34,7 @@ import os, signal, sys, time
 got = []
 signal.signal(signal.SIGINT, lambda *_: got.append(1))
 print("gpus", os.environ["CUDA_VISIBLE_DEVICES"], "cwd", os.getcwd(), flush=True)
+print("sty", os.environ.get("STY"), flush=True)
 deadline = time.monotonic() + 60
 while not got and time.monotonic() < deadline:
     time.sleep(0.01)
@@ -75,6 +78,8 @@ def test_a_job_handed_to_a_warm_window_runs_there_under_its_own_session_name(
     assert req.session in launcher.live_sessions()
     wait_until(lambda: "gpus 0 cwd" in text(req.log_path), what="the job's first line")
     assert f"cwd {tmp_path}" in text(req.log_path)
+    # $STY names the session as it is now, so `screen -X` from inside the job reaches it
+    wait_until(lambda: f"sty {waiting[1]}.{req.session}" in text(req.log_path), what="$STY")
     # ^C typed in the session's window reaches the job once, as in a new session
     sessions = launcher.sessions
     subprocess.run(
@@ -113,24 +118,24 @@ def test_a_daemon_killed_with_sigkill_leaves_no_warm_window_behind(
     holder = textwrap.dedent(f"""\
         import sys, time
         from pathlib import Path
-        from gpu_scheduler.adapters.launchers import ScreenLauncher
+        from gpu_scheduler.adapters.launchers import ScreenLauncher, warm_window_argv
         run, screens = Path({str(tmp_path / "run")!r}), Path({str(screen_dir)!r})
         launcher = ScreenLauncher(run, screens, warm_windows=1)
         assert launcher.warm.wait_ready()
         print(launcher.warm._ready[0].pid, flush=True)
         time.sleep(120)
     """)
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
-    )
-    pids.add(proc.pid)
-    assert proc.stdout is not None
-    window = int(proc.stdout.readline())
-    pids.add(window)
-    assert warm_sessions(screen_dir)
+    ) as proc:
+        pids.add(proc.pid)
+        assert proc.stdout is not None
+        window = int(proc.stdout.readline())
+        pids.add(window)
+        assert warm_sessions(screen_dir)
 
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
     wait_until(lambda: not psutil.pid_exists(window), what="the orphaned window to exit")
     wait_until(lambda: not warm_sessions(screen_dir), what="its session to end")
@@ -150,9 +155,95 @@ def test_a_window_that_died_takes_no_job_and_the_launch_starts_a_new_session(
     # the same when a launch finds its warm window dead: the job still runs, in a new session
     assert launcher.warm.wait_ready()
     os.kill(launcher.warm._ready[0].pid, signal.SIGKILL)
+    dead = launcher.warm._ready[0].pid
     req = make_request(tmp_path, "gpujob_0_cold_1", "print('ran')\n")
     proc = launcher.launch(req)
     pids.add(proc.pid)
+    assert proc.pid != dead
     done = final_record(req)
     assert done["state"] == "exited" and done["exit_code"] == 0
     assert "ran" in text(req.log_path)
+
+
+def test_a_window_whose_daemon_died_before_it_looked_exits_without_waiting(
+    tmp_path: Path, screen_dir: Path, pids: PidTracker
+) -> None:
+    """The daemon opens a window's FIFO before starting it; if the daemon is gone by the time
+    the window's Python is up, the window must not wait forever for a writer."""
+    sessions = ScreenSessions(screen_dir)
+    fifo = tmp_path / "gone.fifo"
+    os.mkfifo(fifo, 0o600)
+    os.close(os.open(fifo, os.O_RDWR))  # the daemon had it open, then died
+    pid, _started = sessions.start("gpu-scheduler-warm-gone", warm_window_argv(sys.executable, fifo))
+    pids.add(pid)
+    wait_until(lambda: not psutil.pid_exists(pid), what="the window to exit")
+    wait_until(lambda: not sessions.list(), what="its session to end")
+
+
+# A "daemon" that readies a warm window, then dies with SIGKILL at a chosen point of a
+# launch: "after-rename" (the session has the job's name, the request was never written) or
+# "after-hand-over" (the window has the request; the daemon never recorded the runner's pid).
+DIES_MID_LAUNCH = """\
+import os, signal, sys
+from pathlib import Path
+from gpu_scheduler.adapters.launchers import LaunchRequest, ScreenLauncher
+tmp, screens, point, script = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+launcher = ScreenLauncher(tmp / "run", screens, warm_windows=1)
+assert launcher.warm.wait_ready()
+req = LaunchRequest(job_id="j1", attempt=1, session="gpujob_0_j_j1", script=script, args=(),
+                    conda_env=None, gpus=(0,), share="0.5", log_path=tmp / "logs" / "j1.log",
+                    record_path=tmp / "run" / "j1.1.json", cwd=tmp, python=sys.executable)
+print(launcher.warm._ready[0].pid, flush=True)
+if point == "after-rename":
+    window = launcher.warm.take()
+    launcher.sessions.rename(window.server, window.name, req.session)
+    from gpu_scheduler.adapters.launchers import _prepare
+    _prepare(launcher.run_dir, req)
+else:
+    launcher.launch(req)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("point", ["after-rename", "after-hand-over"])
+def test_a_daemon_killed_mid_launch_runs_the_job_once_or_not_at_all(
+    tmp_path: Path, screen_dir: Path, pids: PidTracker, point: str
+) -> None:
+    """What recovery finds after the crash decides: the window that got the request is
+    adopted (and runs the job once); one that never got it runs nothing, so the job is
+    requeued (the spec is fenced)."""
+    from gpu_scheduler.daemon_records import _in_flight
+
+    script = tmp_path / "job.py"
+    ran = tmp_path / "ran"
+    script.write_text(f"open({str(ran)!r}, 'a').write('ran\\n')\n")
+    with subprocess.Popen(
+        [sys.executable, "-c", DIES_MID_LAUNCH, str(tmp_path), str(screen_dir), point, str(script)],
+        stdout=subprocess.PIPE, text=True, cwd=os.getcwd(),
+    ) as holder:  # fmt: skip
+        pids.add(holder.pid)
+        assert holder.stdout is not None
+        window = int(holder.stdout.readline())
+        pids.add(window)
+        assert holder.wait(timeout=30) == -signal.SIGKILL
+
+    launcher = ScreenLauncher(tmp_path / "run", screen_dir, warm_windows=0)
+    facts = _in_flight(
+        "j1", tmp_path / "run" / "j1.1.json", tmp_path / "run" / "j1.1.spec.json", launcher,
+        deadline=time.monotonic() + 3.0,
+    )  # fmt: skip
+    wait_until(lambda: not psutil.pid_exists(window), what="the window to end")
+    if point == "after-rename":
+        assert facts.pid is None and not facts.alive  # nothing to adopt: requeue
+        assert not ran.exists()
+        assert not (tmp_path / "run" / "j1.1.spec.json").exists()  # fenced
+    else:
+        assert facts.pid == window
+        wait_until(ran.exists, what="the job to run")
+        record = tmp_path / "run" / "j1.1.json"
+        done = wait_until(
+            lambda: (r := read_record(record)) and r["state"] == "exited" and r, what="its exit"
+        )
+        assert done["state"] == "exited" and done["exit_code"] == 0
+        assert ran.read_text() == "ran\n"  # once
+    wait_until(lambda: not ScreenSessions(screen_dir).list(), what="the sessions to end")
