@@ -118,13 +118,24 @@ class ScreenSessions:
             return False
         return self._run("-S", f"{pid}.{name}", "-X", "quit").returncode == 0
 
-    def rename(self, pid: int, name: str, new_name: str) -> None:
-        """Rename session ``PID.NAME`` to ``new_name`` (``screen -X sessionname``: the server
-        renames its socket before the client returns); LaunchError if that did not happen."""
+    def rename(self, pid: int, name: str, new_name: str, timeout_s: float = 5.0) -> None:
+        """Rename session ``PID.NAME`` to ``new_name`` and return once its socket has the new
+        name (``screen -X`` only delivers the command: the server renames a moment later,
+        usually before the client has returned). LaunchError if that does not happen."""
         done = self._run("-S", f"{pid}.{name}", "-X", "sessionname", new_name, want_stdout=False)
-        if done.returncode != 0 or self.find(new_name) != pid:
+        if done.returncode != 0:
             detail = done.stderr.strip() or f"exit {done.returncode}"
             raise LaunchError(f"cannot rename screen session {pid}.{name} to {new_name}: {detail}")
+        deadline = time.monotonic() + timeout_s
+        delay = 0.0002
+        while self.find(new_name) != pid:
+            if not processes.is_alive(pid, None) or time.monotonic() > deadline:
+                raise LaunchError(
+                    f"screen session {pid}.{name} did not take the name {new_name}"
+                    + ("" if processes.is_alive(pid, None) else " (it ended)")
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.005)
 
     def check_new(self, name: str) -> None:
         """Raise LaunchError unless a session ``name`` could be started now."""

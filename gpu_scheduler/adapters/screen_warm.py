@@ -132,18 +132,21 @@ class WarmWindows:
         _close(window)  # the window has its line: nothing more will come
 
     def discard(self, window: WarmWindow) -> None:
-        """End a window that will not run a job, and its session (waiting a little for it)."""
+        """End a window that will not run a job, and its screen (whatever its name is by now:
+        a rename may land late), waiting a little for both to be gone."""
         _close(window)
-        if processes.is_alive(window.pid, window.started):
-            with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):
+            if processes.is_alive(window.pid, window.started):
                 os.kill(window.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 2.0
-        while self.sessions.find(window.name) == window.server:
-            if time.monotonic() > deadline:
-                with contextlib.suppress(LaunchError):
-                    self.sessions.quit(window.name, pid=window.server)
-                return
-            time.sleep(0.005)
+        for sig in (None, signal.SIGTERM, signal.SIGKILL):  # screen exits with its window
+            if sig is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(window.server, sig)
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                if not processes.is_alive(window.server, None):
+                    return
+                time.sleep(0.005)
 
     def close(self) -> None:
         """Stop refilling and let every waiting window go (each reads EOF and exits)."""
