@@ -247,3 +247,23 @@ def test_a_daemon_killed_mid_launch_runs_the_job_once_or_not_at_all(
         assert done["state"] == "exited" and done["exit_code"] == 0
         assert ran.read_text() == "ran\n"  # once
     wait_until(lambda: not ScreenSessions(screen_dir).list(), what="the sessions to end")
+
+
+def test_a_rename_returns_only_once_the_session_answers_to_its_new_name(
+    screen_dir: Path, pids: PidTracker
+) -> None:
+    """``screen -X sessionname`` only delivers the command; the launcher hands the job over
+    right after ``rename`` returns, so by then the new name must be the session's."""
+    sessions = ScreenSessions(screen_dir)
+    pid, _ = sessions.start("gpu-scheduler-warm-r", [sys.executable, "-c", "import time; time.sleep(60)"])
+    pids.add(pid)
+    server = sessions.find("gpu-scheduler-warm-r")
+    assert server is not None
+    name = "gpu-scheduler-warm-r"
+    for n in range(20):
+        new = f"gpujob_0_r_{n}"
+        sessions.rename(server, name, new)
+        assert sessions.find(new) == server and sessions.find(name) is None
+        name = new
+    with pytest.raises(LaunchError, match="cannot rename"):
+        sessions.rename(server, "no-such-session", "gpujob_0_r_x")
