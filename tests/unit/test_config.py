@@ -68,6 +68,7 @@ def test_missing_sections_and_keys_take_the_documented_defaults(tmp_path: Path) 
     assert s.logging.level == "INFO" and s.logging.console is True
     assert s.security.allowed_script_paths == ()
     assert s.execution.mode == "screen" and s.execution.session_prefix == "gpujob"
+    assert s.execution.warm_screen_sessions == 1
     assert s.execution.ray.address == "auto" and s.execution.python is None
     assert dict(s.tenants) == {}
     assert s.files.state_file == tmp_path.parent / "run" / "state.json"
@@ -201,6 +202,10 @@ def test_python_given_as_a_command_name_is_left_for_path_lookup(tmp_path: Path) 
         (
             {"execution": {"session_prefix": "my jobs"}},
             "execution.session_prefix: 'my jobs' does not match",
+        ),
+        (
+            {"execution": {"warm_screen_sessions": -1}},
+            "execution.warm_screen_sessions: -1 is less than the minimum of 0",
         ),
         (
             {"fair_share_half_life_s": 60},
