@@ -10,11 +10,13 @@ FIFO: the window becomes the job's runner at once, with the host children's reco
 (a ``starting`` record naming its pid before it reads the spec). A replacement is started in
 the background a moment later, off the launch's path.
 
-Never twice, never lost: only the daemon holds a FIFO's write end (not inherited by anything
-it starts), so when the daemon closes it, exits or dies, a waiting window reads end of file
-and exits having run nothing (its session ends with it). The rename comes before the request:
-a rename that fails has started nothing, and a window that died shows as a failed write
-(EPIPE), after which the launcher starts the job the cold way.
+Never twice, never lost: only the daemon holds a FIFO's write end (opened read-write before
+the window starts, not inherited by anything it starts), so when the daemon closes it, exits or
+dies, a waiting window reads end of file and exits having run nothing (its session ends with
+it). The rename comes before the request: a rename that fails, or a window found dead after it,
+has started nothing, and the launcher starts the job the cold way. A window that dies in the
+instant between that check and reading its request leaves a runner gone without a record,
+which the daemon requeues, as any runner that dies at its start.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ class WarmWindows:
         try:
             self.sessions.rename(window.server, window.name, session)
             window.name = session
+            if not processes.is_alive(window.pid, window.started):  # (we hold a read end too:
+                raise LaunchError("its window has exited")  # a write to a dead one succeeds)
             view = memoryview(request_line)
             while view:
                 view = view[os.write(window.fd, view) :]
