@@ -1,0 +1,20 @@
+"""The one message the daemon's loop receives: every other thread only posts an ``Event``.
+
+A module of its own so that the loop (daemon.py) and the code that posts from worker threads
+(daemon_actions.py, daemon_monitor.py) share it without importing each other.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Event:
+    kind: str  # files | launched | launch_error | exit | stopped | control | shutdown
+    job_id: str = ""
+    attempt: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    reply: Future[dict[str, Any]] | None = None
