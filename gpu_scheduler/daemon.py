@@ -13,7 +13,9 @@ starting them again. Exits need no write-ahead: the runner's exit record survive
 
 This module sequences; its siblings do the parts: daemon_actions.py (a pass's launches, stops
 and freezes, and their reports), daemon_monitor.py (the monitor tick), daemon_saving.py (the
-journal and coalesced saves), daemon_jobfiles.py (reading the jobs files), daemon_control.py.
+journal and coalesced saves), daemon_jobfiles.py (reading the jobs files), daemon_control.py
+(control requests), daemon_records.py (the runners' records; recovery's facts) and
+daemon_events.py (the Event the loop receives).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The one message the daemon's loop receives: every other thread only posts an ``Event``.
 
-A module of its own so that the loop (daemon.py) and the code that posts from worker threads
-(daemon_actions.py, daemon_monitor.py) share it without importing each other.
+A module of its own so that the loop (daemon.py) and the code that builds events for it
+(daemon_actions.py: launch workers and exit watchers post them from their threads) share it
+without importing each other.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Writing the daemon's state: the launch journal written ahead, and coalesced full saves.
 
 Apart from daemon.py because when and how the state reaches disk is a policy of its own: the
-loop only says "a change happened" (``_dirty``) and calls ``save_if_due`` once per tick.
+loop says "a change happened" (``_dirty``) and calls ``save_if_due`` once per tick; a full save
+is forced only at start and stop, and by a pass that preempts (instead of the journal).
 
 Saves: changes are coalesced into at most one full save per SAVE_INTERVAL_S; one that falls due
 at a launch waits LAUNCH_SAVE_DELAY_S more, so it does not compete with the runners being

@@ -63,7 +63,7 @@ __all__ = [
     "warm_window_argv", "write_record",
 ]  # fmt: skip
 
-# The private names this module had before it was split, for code (and tests) that use them.
+# The old private names, for tests that import them (aliases: patching them here changes nothing).
 _prepare = prepare_launch
 _check_python = check_python
 

@@ -63,25 +63,18 @@ RESET_HINT = (
     "`gpu-scheduler start --reset-state` moves the bad files aside for a deliberate fresh start"
 )
 
-# The private names this module had before it was split, for code (and tests) that use them.
-_NO_HARD_LINKS = store_files.NO_HARD_LINKS
-_MAX_BAD_LINE_WARNINGS = store_files.MAX_BAD_LINE_WARNINGS
+# Short names for the parts of the sibling modules this one uses (aliases: patch the
+# sibling module, not these).
 _write_all = store_files.write_all
-_append_lines = store_files.append_lines
 _fsync_folder = store_files.fsync_folder
 _reason = store_files.os_reason
 _stamp = store_files.utc_stamp
-_BadLines = store_files.BadLines
 _Unusable = store_format.Unusable
 _Encoded = store_format.Encoded
-_dumps = store_format.dumps
 _header_schema = store_format.header_schema
 _first_duplicate = store_format.first_duplicate
 _show = store_format.show
 _dotted = store_format.dotted
-_reject_constant = store_format.reject_constant
-_HISTORY_HEAD = store_history.HISTORY_HEAD
-_lines_backwards = store_history.lines_backwards
 _identity = store_journal.state_identity
 
 

@@ -46,6 +46,7 @@ __all__ = [
     "status_to_dict",
 ]  # fmt: skip
 
-# The private names this module had before it was split, for the tests that use them.
+# The old private names, for tests that read them (aliases: to switch the fast path off,
+# patch codec_fast._FAST).
 _FAST = codec_fast._FAST
 _common_job = codec_fast._common_job

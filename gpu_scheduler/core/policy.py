@@ -1,7 +1,7 @@
 """The scheduling rules' knobs, apart from the scheduler that follows them.
 
 A frozen value built once from the config (``gpu_scheduler.policy.policy_from``) and varied by
-the what-if simulator, so it lives where both can import it without the scheduler's machinery.
+the what-if simulator; ``core.scheduler`` re-exports it, and most callers import it from there.
 """
 
 from __future__ import annotations

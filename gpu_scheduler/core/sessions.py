@@ -1,8 +1,9 @@
 """The name of the session a job's run gets: what the launcher starts and recovery looks for.
 
-Kept apart because the status sample and the tests name sessions the same way without a
-scheduler, and because the name must be predictable: after a restart the daemon finds a
-running job's session by this name alone.
+Kept apart because the naming rule is one decision of its own (``core.scheduler`` re-exports
+``session_name``), and the name must be predictable for users: ``attach`` and ``screen -ls``
+show it. (A restart follows a running job by the session saved in its state and its runner's
+records, not by rebuilding the name.)
 """
 
 from __future__ import annotations
