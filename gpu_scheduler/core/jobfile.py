@@ -15,9 +15,19 @@ import math
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
 
+from gpu_scheduler.core.jobfile_options import (
+    _NO_LAST,
+    EXPECTED_DURATION,
+    EXPECTED_LAST,
+    EXPECTED_NAME,
+    OPTION_KEYS,
+    _last_field,
+    _LineProblem,
+    parse_duration,
+)
 from gpu_scheduler.core.model import JobSpec, LineError
 from gpu_scheduler.core.units import format_share, share_from_gpus
 
@@ -26,39 +36,22 @@ EXPECTED_PRIORITY = "an integer priority such as 0"
 EXPECTED_ENV = "a conda env name of letters, digits, '_', '.' or '-'"
 EXPECTED_QUOTED = 'a double-quoted field such as "a, b", with "" for a literal quote'
 EXPECTED_ARGS = "shell-style arguments with balanced quotes, such as --msg 'hello world'"
-EXPECTED_LAST = "GPU indices and ranges such as 3, 0-3 or 0-3,5, then options such as timeout=2h"
-EXPECTED_DURATION = "a duration such as 90, 90s, 30m, 2h, 1d, 1h30m or 1.5h"
-EXPECTED_NAME = "1-64 letters, digits, '_', '.' or '-'"
 
-OPTION_KEYS = ("gpus", "timeout", "name", "retries", "after")
-_OPTION_EXPECTED = {
-    "gpus": "a positive GPU share such as gpus=0.25 or gpus=2",
-    "timeout": "a positive " + EXPECTED_DURATION,
-    "name": "a name of " + EXPECTED_NAME,
-    "retries": "a whole number >= 0 such as retries=2",
-    "after": "job names or ids separated by ';' such as after=prep;train",
-}
+# The grammar's public names, wherever they live (the last field's are in ``jobfile_options``).
+__all__ = [
+    "EXPECTED_ARGS", "EXPECTED_DURATION", "EXPECTED_ENV", "EXPECTED_LAST", "EXPECTED_LINE",
+    "EXPECTED_NAME", "EXPECTED_PRIORITY", "EXPECTED_QUOTED", "OPTION_KEYS", "LineFields",
+    "ParseResult", "fingerprint", "format_line", "job_id", "make_spec", "parse_duration",
+    "parse_fields", "parse_jobs",
+]  # fmt: skip
+
 _FIELD_NAMES = ("priority", "script", "conda_env", "arguments")
 
 _INT = re.compile(r"[+-]?[0-9]+")
-_NUMBER = re.compile(r"[0-9]{1,12}(?:\.[0-9]{0,12})?|\.[0-9]{1,12}")
 _ENV = re.compile(r"[A-Za-z0-9_.-]+")
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_GPU = re.compile(r"([0-9]+)(?:-([0-9]+))?")
-_LAST_SPLIT = re.compile(r"[,\s]+")
-_DURATION = re.compile("".join(f"(?:({_NUMBER.pattern}){unit})?" for unit in "dhms"))
-_MAX_GPU_INDEX = 4095  # guards against `0-999999` expanding into a huge tuple
 _LLM_FLAGS = ("--llm", "--model")
 # printable ASCII without quotes or backslash: shlex.split would just split it on spaces/tabs
 _PLAIN_ARGS = re.compile(r"[ \t!#-&(-\[\]-~]*")
-
-
-class _LineProblem(Exception):
-    """Internal: carries (message, expected) out of the field parsers."""
-
-    def __init__(self, message: str, expected: str) -> None:
-        super().__init__(message)
-        self.message, self.expected = message, expected
 
 
 @dataclass(frozen=True)
@@ -78,146 +71,13 @@ class LineFields:
     after: tuple[str, ...] = ()
 
 
-@dataclass
-class _Options:
-    """The options of one line while it is being read (``given`` catches a repeated key)."""
-
-    share: int | None = None
-    timeout_s: float | None = None
-    name: str | None = None
-    retries: int = 0
-    after: tuple[str, ...] = ()
-    given: set[str] = field(default_factory=set)
-
-
-_NO_LAST: tuple[None, _Options] = (None, _Options())  # a line without a last field (shared)
-
-
 @dataclass(frozen=True)
 class ParseResult:
     specs: tuple[JobSpec, ...]
     errors: tuple[LineError, ...]
 
 
-# --------------------------------------------------------------------------- small parsers
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``text``: ``90``, ``90s``, ``30m``, ``2h``, ``1d``, ``1h30m``, ``1.5h``.
-
-    Each unit at most once, largest first. Raises ValueError saying what was expected.
-    """
-    s = text.strip().lower()
-    if _NUMBER.fullmatch(s):
-        return float(s)
-    m = _DURATION.fullmatch(s)
-    if not s or m is None:
-        raise ValueError(f"{text!r} is not a duration; use {EXPECTED_DURATION}")
-    return sum(
-        float(v) * unit for v, unit in zip(m.groups(), (86400, 3600, 60, 1), strict=True) if v
-    )
-
-
-def _positive_number(value: str) -> float:
-    if not _NUMBER.fullmatch(value) or float(value) <= 0:
-        raise ValueError(value)
-    return float(value)
-
-
-def _gpu_indices(tokens: list[str], gpu_count: int | None) -> tuple[int, ...]:
-    found: set[int] = set()
-    for tok in tokens:
-        m = _GPU.fullmatch(tok)
-        if m is None:
-            raise _LineProblem(
-                f"{tok!r} is neither a GPU index or range nor a key=value option", EXPECTED_LAST
-            )
-        if max(len(g) for g in m.groups("")) > 6:  # before int(): huge digit strings
-            raise _LineProblem(f"GPU index in {tok} is out of range", EXPECTED_LAST)
-        lo = int(m.group(1))
-        hi = int(m.group(2)) if m.group(2) is not None else lo
-        if hi < lo:
-            raise _LineProblem(f"GPU range {tok} is reversed; write {hi}-{lo}", EXPECTED_LAST)
-        if hi > _MAX_GPU_INDEX:
-            raise _LineProblem(f"GPU index {hi} is out of range", EXPECTED_LAST)
-        found.update(range(lo, hi + 1))
-    missing = sorted(i for i in found if gpu_count is not None and i >= gpu_count)
-    if missing:
-        what = f"GPU {missing[0]}" if len(missing) == 1 else "GPUs " + ", ".join(map(str, missing))
-        raise _LineProblem(
-            f"{what} not found; this machine has {_machine_gpus(gpu_count or 0)}", EXPECTED_LAST
-        )
-    return tuple(sorted(found))
-
-
-def _machine_gpus(count: int) -> str:
-    if count <= 0:
-        return "no GPUs"
-    return "GPU 0" if count == 1 else f"GPUs 0-{count - 1}"
-
-
-def _option(key: str, value: str, out: _Options) -> None:
-    if key not in OPTION_KEYS:
-        raise _LineProblem(
-            f"unknown option {key!r}; known options: {', '.join(OPTION_KEYS)}",
-            "key=value with key one of " + ", ".join(OPTION_KEYS),
-        )
-    if key in out.given:
-        raise _LineProblem(f"option {key} is given twice", _OPTION_EXPECTED[key])
-    out.given.add(key)
-    try:
-        if key == "gpus":
-            out.share = share_from_gpus(_positive_number(value), 1)
-        elif key == "timeout":
-            out.timeout_s = parse_duration(value)
-            if not math.isfinite(out.timeout_s) or out.timeout_s <= 0:
-                raise ValueError(value)
-        elif key == "retries":
-            if not re.fullmatch(r"[0-9]{1,6}", value):
-                raise ValueError(value)
-            out.retries = int(value)
-        elif key == "name":
-            if not _NAME.fullmatch(value):
-                raise ValueError(value)
-            out.name = value
-        else:
-            names = value.split(";")
-            if not all(_NAME.fullmatch(n) for n in names):
-                raise ValueError(value)
-            out.after = tuple(dict.fromkeys(names))
-    except ValueError:
-        raise _LineProblem(f"bad value for {key}: {value!r}", _OPTION_EXPECTED[key]) from None
-
-
-# _last_field's answers by (text, gpu_count): most lines of a big file share their last field
-# ("gpus=0.25", "0-3 timeout=2h"), and it is a pure function. Bounded; a miss costs a lookup.
-_LAST_FIELDS: dict[tuple[str, int | None], tuple[tuple[int, ...] | None, _Options]] = {}
-_LAST_FIELDS_MAX = 4096
-
-
-def _last_field(text: str, gpu_count: int | None) -> tuple[tuple[int, ...] | None, _Options]:
-    """GPU tokens and ``key=value`` options, in any order, separated by commas or spaces.
-    The ``_Options`` returned may be shared with other callers: read it, never change it."""
-    found = _LAST_FIELDS.get((text, gpu_count))
-    if found is None:
-        found = _read_last_field(text, gpu_count)  # a bad field raises: never remembered
-        if len(_LAST_FIELDS) >= _LAST_FIELDS_MAX:
-            _LAST_FIELDS.clear()
-        _LAST_FIELDS[(text, gpu_count)] = found
-    return found
-
-
-def _read_last_field(text: str, gpu_count: int | None) -> tuple[tuple[int, ...] | None, _Options]:
-    gpu_tokens: list[str] = []
-    options = _Options()
-    for tok in _LAST_SPLIT.split(text.strip()):
-        if "=" in tok:
-            key, _, value = tok.partition("=")
-            _option(key, value, options)
-        elif tok:
-            gpu_tokens.append(tok)
-    gpus = _gpu_indices(gpu_tokens, gpu_count) if gpu_tokens else None
-    return gpus, options
+# --------------------------------------------------------------------------- the line
 
 
 def _find_llm(args: tuple[str, ...]) -> str | None:
@@ -228,9 +88,6 @@ def _find_llm(args: tuple[str, ...]) -> str | None:
         if eq and flag in _LLM_FLAGS and value:
             return value
     return None
-
-
-# --------------------------------------------------------------------------- the line
 
 
 def _quoted(line: str, pos: int, field_no: int) -> tuple[str, int]:
