@@ -116,6 +116,8 @@ class Daemon:
         self._file_watcher: FileWatcher | None = None
         self._control: ControlServer | None = None
         self._dirty = True
+        self._urgent = False  # a user's command changed the state: save it without waiting
+        self._save_cost = 0.0  # how long the last full save took (spaces the next ones)
         self._last_save = float("-inf")
         self._next_monitor = 0.0
         self._partial_since: float | None = None  # a half-written last line is being held back
@@ -240,6 +242,7 @@ class Daemon:
                 on_exit(self, event.job_id, event.attempt, now)
         elif event.kind == "control":
             assert event.reply is not None
+            self._urgent = self._urgent or event.data.get("cmd") != "ping"
             try:
                 event.reply.set_result(handle_command(self, event.data, now))
             except GpuSchedulerError as exc:

@@ -4,7 +4,8 @@ Apart from daemon.py because when and how the state reaches disk is a policy of 
 loop says "a change happened" (``_dirty``) and calls ``save_if_due`` once per tick; a full save
 is forced only at start and stop, and by a pass that preempts (instead of the journal).
 
-Saves: changes are coalesced into at most one full save per SAVE_INTERVAL_S; one that falls due
+Saves: changes are coalesced into at most one full save per SAVE_INTERVAL_S (longer when saves
+are slow: ``save_interval``; a user's command is saved within SAVE_INTERVAL_S); one that falls due
 at a launch waits LAUNCH_SAVE_DELAY_S more, so it does not compete with the runners being
 started (only the first launch since a save can delay it: a stream cannot starve it). A monitor
 tick marks the state dirty only when something it shows changed (the GPU snapshot, an overrun);
@@ -35,9 +36,26 @@ LAUNCH_SAVE_DELAY_S = 0.05  # a full save due at a launch waits this long: runne
 KEEP_FINISHED = 200  # finished jobs kept in live state for status; older ones go to history
 
 
+SAVE_SHARE = 0.1  # full saves may take about this share of the daemon's time, at most
+
+
+def save_interval(daemon: Daemon) -> float:
+    """How long changes are coalesced before a full save: SAVE_INTERVAL_S, or longer when a
+    save is slow (≈ 0.3 s with 100,000 jobs), so that saving never takes more than about
+    SAVE_SHARE of the loop. Nothing is put at risk by the wait: launches are journalled, exits
+    are in the runners' records, and a user's command is saved at once (``_urgent``)."""
+    return max(SAVE_INTERVAL_S, daemon._save_cost / SAVE_SHARE)
+
+
 def save_if_due(daemon: Daemon) -> None:
     since = daemon.clock.monotonic() - daemon._last_save
-    if (daemon._dirty and since >= SAVE_INTERVAL_S) or since >= daemon._heartbeat_s:
+    due = daemon._dirty and (
+        since >= save_interval(daemon) or (daemon._urgent and since >= SAVE_INTERVAL_S)
+    )
+    # An unchanged state is saved as a heartbeat, no more often than changes are (a slow save
+    # spaces both), and at least every HEARTBEAT_S (status calls a state stale after 30 s).
+    heartbeat = max(daemon._heartbeat_s, min(save_interval(daemon), HEARTBEAT_S))
+    if due or since >= heartbeat:
         save_state(daemon)
 
 
@@ -60,12 +78,14 @@ def write_ahead(daemon: Daemon, launches: tuple[Launch, ...]) -> bool:
         return False
     if daemon._first_ahead is None:
         daemon._first_ahead = mono = daemon.clock.monotonic()
-        daemon._last_save = max(daemon._last_save, mono - SAVE_INTERVAL_S + LAUNCH_SAVE_DELAY_S)
+        wait = save_interval(daemon)
+        daemon._last_save = max(daemon._last_save, mono - wait + LAUNCH_SAVE_DELAY_S)
     return True
 
 
 def save_state(daemon: Daemon, force: bool = False) -> bool:
     """Write the state; on failure stop launching and say so loudly until a save works."""
+    started = daemon.clock.monotonic()
     try:
         _archive_old_finished(daemon)
         daemon.store.save(_saved_state(daemon))
@@ -76,10 +96,11 @@ def save_state(daemon: Daemon, force: bool = False) -> bool:
         daemon.save_error = str(exc)
         daemon._last_save = daemon.clock.monotonic()  # retry at the save interval, not in a spin
         return False
+    daemon._save_cost = daemon.clock.monotonic() - started
     if daemon.save_error:
         log.warning("state saved again; launching resumes", extra={"event": "state_saved"})
     daemon.save_error = ""
-    daemon._dirty = False
+    daemon._dirty = daemon._urgent = False
     daemon._first_ahead = None
     daemon._last_save = daemon.clock.monotonic()
     return True

@@ -701,7 +701,7 @@ def print_reloads(reloads: list[ReloadRow]) -> None:
         f"({flat['blocked_ms']}), placing pass x{x['placing_ms']:.1f} ({flat['placing_ms']});"
         f" write-ahead before a launch x{x['journal_ms']:.1f} ({flat['journal_ms']}); a full"
         f" state save x{x['save_ms']:.0f} ({flat['save_ms']}: it holds every pending job; the"
-        " daemon makes one at most ~5 times a second, off the launch path)."
+        " daemon spaces them to take at most a tenth of its time, off the launch path)."
     )
 
 

@@ -8,6 +8,7 @@ does not rewrite its state on every monitor tick, yet its heartbeat stays fresh.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from gpu_scheduler.adapters.store import SavedState, StateStore
 from gpu_scheduler.config import settings_from_dict
 from gpu_scheduler.core.model import Finished, Job, JobSpec, Pending, Running, Succeeded
 from gpu_scheduler.core.recovery import replay_launches
-from gpu_scheduler.daemon import HEARTBEAT_S, LAUNCH_SAVE_DELAY_S, SAVE_INTERVAL_S, Daemon
+from gpu_scheduler.daemon import HEARTBEAT_S, LAUNCH_SAVE_DELAY_S, SAVE_INTERVAL_S, Daemon, Event
 from gpu_scheduler.errors import StateFileError
 from gpu_scheduler.health import heartbeat_s
 from tests.helpers import wait_until
@@ -309,6 +310,50 @@ def test_a_failing_journal_stops_launching_like_a_failing_save(tmp_path: Path) -
         daemon.store.launches.rmdir()
         wait_until(lambda: _tick(daemon, 0.1) or launcher.requests, what="launching to resume")
         assert not daemon.save_error
+    finally:
+        daemon.stopping = True
+        daemon.close()
+
+
+def test_a_slow_full_save_is_made_less_often_but_a_command_is_saved_at_once(
+    tmp_path: Path,
+) -> None:
+    """A state of 100,000 jobs takes ~0.3 s to save: saved every 0.2 s while jobs change,
+    the daemon would do little else. Full saves are spaced to cost at most a tenth of its
+    time (launches are journalled and exits recorded by the runners either way); a user's
+    command still reaches the disk within SAVE_INTERVAL_S."""
+    launcher = FakeLauncher()
+    daemon = _daemon(tmp_path, launcher, lines=0)
+    real_save = daemon.store.save
+    saves: list[SavedState] = []
+
+    def slow_save(state: SavedState) -> None:  # the fake clock says each save took 1 s
+        real_save(state)
+        saves.append(state)
+        daemon.clock.advance(1.0)  # type: ignore[attr-defined]
+
+    try:
+        daemon.start()
+        daemon.store.save = slow_save  # type: ignore[method-assign]
+        daemon._save()  # measured: 1 s
+        daemon._dirty = True  # e.g. a job exited
+        _tick(daemon, 2 * SAVE_INTERVAL_S)
+        _tick(daemon, 2.0)
+        assert len(saves) == 1, "a 1 s save is not made every 0.2 s"
+        _tick(daemon, 8.0)  # 10 s after the last one
+        assert len(saves) == 2
+        done: Future[dict[str, object]] = Future()  # `gpu-scheduler pause-gpu 1`, as posted
+        daemon.events.put(Event("control", data={"cmd": "pause", "gpus": [1]}, reply=done))
+        daemon.step(0.001)
+        assert done.result(timeout=5)["ok"]
+        def saved_paused() -> tuple[int, ...]:
+            saved = StateStore(daemon.store.path).read_only_snapshot()
+            assert saved is not None
+            return saved.paused
+
+        assert saved_paused() == ()
+        _tick(daemon, 1.5 * SAVE_INTERVAL_S)
+        assert saved_paused() == (1,), "a command is saved within SAVE_INTERVAL_S, not 10 s"
     finally:
         daemon.stopping = True
         daemon.close()
