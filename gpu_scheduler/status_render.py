@@ -7,6 +7,7 @@ by priority, the latest finished jobs and the jobs files' line errors. It adapts
 is given (80 columns: the essentials; from 100: wider bars, pids, time left; from 120: GPU
 names and shares per job) and, under ``--watch``, to the terminal's height (each section shows
 as many rows as fit and says how many it left out); ``status_watch.watch`` redraws it in place.
+The GPU table is drawn by ``status_gpu_table``.
 
 Tested like text: tests/unit/test_status_render.py renders fixed views on a colourless
 fixed-width Console and compares with tests/unit/snapshots/*.txt.
@@ -23,18 +24,15 @@ from rich.table import Table
 from rich.text import Text
 
 from gpu_scheduler.core.units import ONE_GPU, format_share
-from gpu_scheduler.status import format_duration, gpu_share_total
+from gpu_scheduler.status import format_duration
+from gpu_scheduler.status_gpu_table import gpu_section
 from gpu_scheduler.status_widgets import (
     LineTable,
-    Row,
     ago,
-    gib,
     gpu_list,
     job_style,
-    meter,
     result_text,
     section_title,
-    share_bar,
 )
 
 WIDE = 100  # from this many columns on: wider bars, pids, time left, held-for in the queue
@@ -59,7 +57,7 @@ class StatusScreen:
         height = (options.height or console.height) if self.fit_height else None
         view = self.view
         header = list(self._header(wide))
-        gpus = self._gpu_section(wide, roomy=options.max_width >= ROOMY)
+        gpus = gpu_section(view, wide, roomy=options.max_width >= ROOMY)
         used = len(header) + 2 + len(view["gpus"])  # GPU title and column header
         limits = self._limits(None if height is None else height - used)
         yield from header
@@ -201,103 +199,6 @@ class StatusScreen:
         if d.get("save_error"):
             return Text(f"STATE NOT SAVED, launching stopped: {d['save_error']}", style="bold red")
         return None
-
-    # -------------------------------------------------------------- GPUs
-
-    def _gpu_section(self, wide: bool, *, roomy: bool) -> list[RenderableType]:
-        gpus = self.view["gpus"]
-        allocated, capacity = gpu_share_total(self.view)
-        title = Text("GPUs", style="bold")
-        if gpus:
-            title.append(
-                f" · {len(gpus)} · {format_share(allocated)} of {capacity // ONE_GPU} allocated",
-                style="",
-            )
-        if not gpus:
-            return [
-                section_title(title),
-                Text("  no GPU snapshot in the state file yet", style="bright_black"),
-            ]
-        bar_w, mini_w = (20, 10) if wide else (10, 5)
-        cols: list[tuple[str, dict[str, Any]]] = [("GPU", {"min_width": 3})]
-        if roomy:
-            cols.append(("name", {"max_width": 22, "style": "bright_black"}))
-        cols += [
-            ("share", {"min_width": bar_w + 5}),
-            ("memory", {"min_width": mini_w + 8}),
-            ("util", {"min_width": mini_w + 5}),
-            ("jobs", {"ratio": 1}),
-        ]
-        out: list[RenderableType] = [section_title(title)]
-        node = None
-        table = LineTable(*cols)
-        for g in gpus:
-            if g.get("node") and g["node"] != node:  # a cluster: one table per node
-                if node is not None:
-                    out.append(table)
-                    table = LineTable(*cols)
-                node = g["node"]
-                out.append(Text(f" node {node}", style="bold cyan"))
-            cells: list[RenderableType] = [self._gpu_label(g)]
-            if roomy:
-                cells.append(str(g["name"]).replace("NVIDIA ", ""))
-            holding = [j for j in g["jobs"] if not j["suspended"]]  # a frozen job lent its share
-            cells.append(
-                share_bar(holding, bar_w) + Text(f" {format_share(g['allocated_milli']):>4}")
-            )
-            total, used = g["memory_total_mib"], g["memory_used_mib"]
-            if total:
-                mem = meter((used or 0) / total, mini_w) + Text(f" {gib(used or 0)}/{gib(total)}G")
-            else:
-                mem = Text("-", style="bright_black")
-            util = g["utilization_pct"]
-            cells.append(mem)
-            cells.append(
-                meter(None if util is None else util / 100, mini_w)
-                + Text(" -" if util is None else f" {util:3.0f}%")
-            )
-            cells.append(self._gpu_jobs(g, roomy))
-            table.add_row(*cells)
-        return [*out, table]
-
-    @staticmethod
-    def _gpu_label(g: Row) -> Text:
-        label = Text(str(g["index"]), style="bold")
-        if not g["healthy"]:
-            label.append(" ✘", style="bold red")
-        elif g["paused"]:
-            label.append(" ‖", style="yellow")
-        elif g["reserved"]:
-            label.append(" ⚑", style="yellow")
-        elif not g["usable"]:
-            label.append(" !", style="yellow")
-        return label
-
-    @staticmethod
-    def _gpu_jobs(g: Row, roomy: bool) -> Text:
-        """The jobs on a GPU by name, each in its bar colour (with its share when roomy)."""
-        out = Text()
-        for job in g["jobs"]:
-            label = job["label"] if roomy or len(job["label"]) <= 14 else job["label"][:13] + "…"
-            if roomy:
-                label += f" {format_share(job['share_milli'])}"
-            if job["suspended"]:
-                out.append(("  " if out else "") + label + " (suspended)", style="bright_black")
-                continue
-            out.append(("  " if out else "") + label, style=job_style(job["seq"]))
-        if not g["healthy"]:
-            note, style = g["error"] or "unhealthy", "red"
-        elif g["paused"]:
-            note, style = "paused", "yellow"
-        elif g["reserved"]:
-            note, style = "held", "yellow"  # for the queue head (the Queue title says which)
-        else:
-            note, style = g["unusable_reason"], "yellow"
-        if note:
-            out.append(("  " if out else "") + note, style=style)
-        if not out:
-            out.append("idle", style="bright_black")
-        return out
 
     # -------------------------------------------------------------- jobs
 
