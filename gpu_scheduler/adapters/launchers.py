@@ -29,7 +29,6 @@ patch its ``RunnerHost`` here); the request, the protocol and the runner's argv 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -49,6 +48,7 @@ from gpu_scheduler.adapters.launchers_base import (
     check_python,
     prepare_launch,
     runner_argv,
+    runner_request,
     warm_window_argv,
 )
 from gpu_scheduler.adapters.launchers_fake import FakeLauncher, FakeProcess
@@ -132,11 +132,7 @@ class DirectLauncher:
                 pass
         except OSError as exc:
             raise LaunchError(f"cannot start the runner: {exc}") from None
-        request = {
-            "spec": str(spec_path), "log": str(req.log_path), "record": str(req.record_path),
-            "job_id": req.job_id, "attempt": req.attempt, "session": req.session,
-            "cwd": os.getcwd(),
-        }  # fmt: skip
+        request = runner_request(req, spec_path, log=str(req.log_path))
         with self._host_lock:
             try:
                 if self._host is None or not self._host.alive:

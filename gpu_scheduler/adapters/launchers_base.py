@@ -7,6 +7,7 @@ Kept apart from ``launchers.py`` so the screen launcher (``launchers_screen``) a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -100,6 +101,15 @@ def warm_window_argv(python_exe: str, fifo: Path) -> list[str]:
 def runner_argv(python_exe: str, spec_path: Path) -> list[str]:
     """How launchers start the runner: ``python -I -S -c <import runner> SPEC``."""
     return [python_exe, "-I", "-S", "-c", _RUNNER_CODE, str(spec_path)]
+
+
+def runner_request(req: LaunchRequest, spec_path: Path, **extra: Any) -> dict[str, Any]:
+    """What a runner started from a warm process (the direct-mode host's child, a warm screen
+    window) is told: ``runner_host.become_runner`` reads these keys."""
+    return {
+        "spec": str(spec_path), "record": str(req.record_path), "job_id": req.job_id,
+        "attempt": req.attempt, "session": req.session, "cwd": os.getcwd(), **extra,
+    }  # fmt: skip
 
 
 def prepare_launch(run_dir: Path | None, req: LaunchRequest) -> Path:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from gpu_scheduler.adapters.launchers_base import (
     check_python,
     prepare_launch,
     runner_argv,
+    runner_request,
     warm_window_argv,
 )
 from gpu_scheduler.adapters.screen import ScreenSessions
@@ -65,11 +65,7 @@ class ScreenLauncher:
         spec_path = prepare_launch(self.run_dir, req)
         window = self.warm.take()
         if window is not None:
-            request = {
-                "spec": str(spec_path), "record": str(req.record_path), "job_id": req.job_id,
-                "attempt": req.attempt, "session": req.session, "cwd": os.getcwd(),
-                "sty": f"{window.server}.{req.session}",
-            }  # fmt: skip
+            request = runner_request(req, spec_path, sty=f"{window.server}.{req.session}")
             line = json.dumps(request, separators=(",", ":")).encode() + b"\n"
             try:
                 self.warm.hand_over(window, req.session, line)
