@@ -41,7 +41,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpu_scheduler.adapters import store_files, store_format, store_history, store_journal
-from gpu_scheduler.adapters.store_format import LoadResult, SavedState, state_schema
+from gpu_scheduler.adapters.store_format import (
+    Encoded,
+    LoadResult,
+    SavedState,
+    Unusable,
+    state_schema,
+)
 from gpu_scheduler.adapters.store_history import HISTORY_VERSION
 from gpu_scheduler.adapters.store_journal import LAUNCH_JOURNAL_VERSION, LaunchJournal
 from gpu_scheduler.core.model import Job
@@ -63,19 +69,8 @@ RESET_HINT = (
     "`gpu-scheduler start --reset-state` moves the bad files aside for a deliberate fresh start"
 )
 
-# Short names for the parts of the sibling modules this one uses (aliases: patch the
-# sibling module, not these).
-_write_all = store_files.write_all
-_fsync_folder = store_files.fsync_folder
-_reason = store_files.os_reason
-_stamp = store_files.utc_stamp
-_Unusable = store_format.Unusable
-_Encoded = store_format.Encoded
+# Kept for the tests that use the old private name (an alias: patch store_format instead).
 _header_schema = store_format.header_schema
-_first_duplicate = store_format.first_duplicate
-_show = store_format.show
-_dotted = store_format.dotted
-_identity = store_journal.state_identity
 
 
 # ----------------------------------------------------------------------------- version policy
@@ -98,10 +93,10 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _v0_to_v
 
 def _migrate(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
-        raise _Unusable(f"the top level is a JSON {type(doc).__name__}, not an object")
+        raise Unusable(f"the top level is a JSON {type(doc).__name__}, not an object")
     version = doc.get("version", 0)  # version 0 predates the key
     if type(version) is not int:
-        raise _Unusable(f"version: {_show(version)} is not of type 'integer'")
+        raise Unusable(f"version: {store_format.show(version)} is not of type 'integer'")
     if version > STATE_VERSION:
         # Not a corrupt file: falling back to an older backup would lose a newer daemon's jobs.
         raise StateFileError(
@@ -111,7 +106,7 @@ def _migrate(doc: Any) -> dict[str, Any]:
     while version < STATE_VERSION:
         step = MIGRATIONS.get(version)
         if step is None:
-            raise _Unusable(f"format version {version} is unknown (expected 0 to {STATE_VERSION})")
+            raise Unusable(f"format version {version} is unknown (expected 0 to {STATE_VERSION})")
         doc = step(doc)
         version = doc["version"]
     return doc
@@ -133,27 +128,27 @@ def _header_error(doc: dict[str, Any]) -> str:
     error = best_match(_validator().iter_errors(doc))
     if error is None:
         return ""
-    where = _dotted(list(error.absolute_path))
+    where = store_format.dotted(list(error.absolute_path))
     message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
     return f"{where}: {message}" if where else message
 
 
 def _decode(raw: bytes) -> SavedState:
-    """The state in ``raw``; raises _Unusable (say what is wrong) or StateFileError (too new)."""
+    """The state in ``raw``; raises Unusable (say what is wrong) or StateFileError (too new)."""
     doc = _migrate(store_format.parse_document(raw))
     problem = _header_error(doc)
     if problem:
-        raise _Unusable(problem)
+        raise Unusable(problem)
     return store_format.state_from_document(doc)
 
 
-def _encode(state: SavedState, previous: _Encoded) -> tuple[bytes, _Encoded]:
+def _encode(state: SavedState, previous: Encoded) -> tuple[bytes, Encoded]:
     """The whole file's bytes (see ``_encode_parts``)."""
     chunks, encoded = _encode_parts(state, previous)
     return b"".join(chunks), encoded
 
 
-def _encode_parts(state: SavedState, previous: _Encoded) -> tuple[list[bytes], _Encoded]:
+def _encode_parts(state: SavedState, previous: Encoded) -> tuple[list[bytes], Encoded]:
     """``store_format.encode_parts`` at this release's format version."""
     return store_format.encode_parts(state, previous, STATE_VERSION)
 
@@ -169,7 +164,7 @@ class StateStore:
         self.backup = self.path.with_suffix(self.path.suffix + ".bak")
         self.history = self.path.with_name(self.path.stem + ".history.jsonl")
         self._main_is_good: bool | None = None  # may the current file become the backup?
-        self._encoded: _Encoded = {}  # the last save's jobs and their JSON
+        self._encoded: Encoded = {}  # the last save's jobs and their JSON
         self.launches = self.path.with_name(self.path.stem + ".launches.jsonl")
         self._journal = LaunchJournal(self.launches)  # told what each save and load used
 
@@ -189,13 +184,21 @@ class StateStore:
         self._journal.loaded_as = None
         if not result.from_backup:
             with contextlib.suppress(OSError):
-                self._journal.loaded_as = _identity(os.stat(self.path), result.state.saved_at)
+                self._journal.loaded_as = store_journal.state_identity(
+                    os.stat(self.path), result.state.saved_at
+                )
         if result.from_backup and self.path.exists():
             try:  # a courtesy for the post-mortem: never a reason not to start
-                kept = store_files.move_aside(self.path, _stamp(time.time()), keep=True)
+                kept = store_files.move_aside(
+                    self.path, store_files.utc_stamp(time.time()), keep=True
+                )
                 result = LoadResult(result.state, True, f"{result.problem} (copy kept at {kept})")
             except OSError as exc:
-                log.warning("%s: cannot keep a copy of the bad file: %s", self.path, _reason(exc))
+                log.warning(
+                    "%s: cannot keep a copy of the bad file: %s",
+                    self.path,
+                    store_files.os_reason(exc),
+                )
         if result.from_backup:
             log.warning("%s; carrying on from the backup %s", result.problem, self.backup)
         return result
@@ -235,10 +238,12 @@ class StateStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StateFileError(f"{path}: cannot read the state file: {_reason(exc)}") from exc
+            raise StateFileError(
+                f"{path}: cannot read the state file: {store_files.os_reason(exc)}"
+            ) from exc
         try:
             return _decode(raw)
-        except _Unusable as exc:
+        except Unusable as exc:
             return f"{path}: {exc}"
         except StateFileError as exc:
             raise StateFileError(f"{path}: {exc}") from None
@@ -251,7 +256,7 @@ class StateStore:
         Raises StateFileError (naming the path and the OS reason) on any failure; unless the
         message says otherwise, the previous state file is intact.
         """
-        problem = _first_duplicate(state.jobs)
+        problem = store_format.first_duplicate(state.jobs)
         if problem:  # load would refuse this file: keep the old one instead
             raise StateFileError(f"{self.path}: refusing to save a broken state: {problem}")
         try:
@@ -271,9 +276,9 @@ class StateStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 for chunk in chunks:
-                    _write_all(fd, chunk)
+                    store_files.write_all(fd, chunk)
                 os.fsync(fd)
-                saved_as = _identity(os.fstat(fd), state.saved_at)
+                saved_as = store_journal.state_identity(os.fstat(fd), state.saved_at)
             finally:
                 os.close(fd)
             if rotate:
@@ -284,7 +289,7 @@ class StateStore:
             os.replace(tmp, self.path)
             tmp, replaced = None, True
             self._main_is_good = True
-            _fsync_folder(folder)
+            store_files.fsync_folder(folder)
             self._journal.saved_as = saved_as
         except OSError as exc:
             for leftover in (tmp, link_tmp):
@@ -297,7 +302,7 @@ class StateStore:
                 else "the previous state file is intact"
             )
             raise StateFileError(
-                f"{self.path}: cannot save the scheduler state: {_reason(exc)}; {after}"
+                f"{self.path}: cannot save the scheduler state: {store_files.os_reason(exc)}; {after}"
             ) from exc
         self._journal.clear()
 
@@ -322,15 +327,15 @@ class StateStore:
         Returns where the state file (else the backup) went; None if there was neither.
         The caller makes sure no daemon is running: it would save its state again.
         """
-        stamp = _stamp(time.time() if now is None else now)
+        stamp = store_files.utc_stamp(time.time() if now is None else now)
         try:
             moved = [store_files.move_aside(p, stamp) for p in (self.path, self.backup)
                      if p.exists()]  # fmt: skip
             if moved:
-                _fsync_folder(self.path.parent)
+                store_files.fsync_folder(self.path.parent)
         except OSError as exc:
             raise StateFileError(
-                f"{self.path}: cannot move the state aside: {_reason(exc)}"
+                f"{self.path}: cannot move the state aside: {store_files.os_reason(exc)}"
             ) from exc
         self._main_is_good = None
         return moved[0] if moved else None
